@@ -1,0 +1,1 @@
+"""Agent implementations. They depend on ``runner.api`` only."""

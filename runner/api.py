@@ -1,0 +1,160 @@
+"""The runner's public face for agents: everything an agent may import from ``runner``.
+
+An agent is a class with an ``agent_type``, a pydantic ``Input`` model and an async
+``run(ctx, payload)`` that returns an :class:`AgentResult` or raises one of the three
+outcome errors below. The executor (``runner.executor``) maps outcomes to task states;
+nothing else does.
+
+Two rules keep an agent exactly-once:
+
+* Read what you need through ``ctx.connection()`` in short blocks; never hold a
+  connection across an LLM or HTTP call.
+* Do not write business rows while running. Return them as ``AgentResult.commit``:
+  the executor calls it inside the fenced transaction that completes the task, so the
+  writes commit together with the task's status, or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
+from typing import Any, ClassVar, Protocol
+from uuid import UUID
+
+import httpx
+import psycopg
+from pydantic import BaseModel
+
+from runner.settings import Settings
+
+__all__ = [
+    "Agent",
+    "AgentContext",
+    "AgentDefinition",
+    "AgentResult",
+    "CancelTask",
+    "CommitHook",
+    "FailPermanently",
+    "LLMCallRecord",
+    "RetryLater",
+]
+
+CommitHook = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
+
+
+class AgentOutcomeError(Exception):
+    """Base of the closed set of outcomes an agent may raise."""
+
+
+class RetryLater(AgentOutcomeError):
+    """A transient failure: the attempt fails and the task is retried with backoff
+    (or after ``delay`` seconds when given), while retries remain."""
+
+    def __init__(self, message: str, *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class FailPermanently(AgentOutcomeError):
+    """The task can never succeed as it is (bad input, 4xx from an API): fail now,
+    without spending the remaining retries."""
+
+
+class CancelTask(AgentOutcomeError):
+    """The agent decided the task should end as ``cancelled``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentDefinition:
+    """An ``ai_agents`` row, as the agent sees it."""
+
+    id: UUID
+    org_id: UUID
+    name: str
+    agent_type: str
+    configuration: Mapping[str, Any]
+    model: str
+    instructions_prompt: str
+    tool_names: tuple[str, ...]
+    max_agent_steps: int
+    max_retries: int
+    timeout_seconds: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LLMCallRecord:
+    """One model call, as it goes into the cost ledger (``llm_calls``)."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: Decimal
+    price_version: str
+    stop_reason: str | None = None
+    duration_ms: int | None = None
+    request_id: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class AgentResult:
+    """What a successful run hands back to the executor.
+
+    ``output`` becomes ``agent_executions.output_data`` and is what dependents see.
+    ``commit`` (optional) writes the run's business rows inside the finishing
+    transaction. ``summary`` goes to ``agent_executions.results_summary``.
+    """
+
+    output: dict[str, Any]
+    commit: CommitHook | None = None
+    summary: dict[str, Any] | None = None
+
+
+class AgentContext(Protocol):
+    """What the executor gives an agent for one attempt."""
+
+    task_id: UUID
+    execution_id: UUID
+    #: This task's executions so far, this one included (a manual retry continues it).
+    attempt: int
+    agent: AgentDefinition
+    settings: Settings
+    #: A shared client for outbound HTTP (timeouts set); agents may also build their own.
+    http: httpx.AsyncClient
+    #: Outputs of the parent tasks in the same workflow run, keyed by agent name.
+    parent_outputs: Mapping[str, Mapping[str, Any]]
+
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for short reads. Release it before any slow call."""
+        ...
+
+    async def log(self, message: str, *, level: str = "info", **metadata: Any) -> None:
+        """Append a line to ``agent_task_logs`` for this task (committed at once)."""
+        ...
+
+    async def record_llm_call(self, call: LLMCallRecord) -> None:
+        """Write one ledger row now (cost is real even if the attempt later fails)
+        and add its usage to this execution's ``metrics``."""
+        ...
+
+    def add_metrics(self, **values: float) -> None:
+        """Add numeric figures to this execution's ``metrics`` (summed per key)."""
+        ...
+
+    def observe_http_call(self, service: str, outcome: str) -> None:
+        """Count an external HTTP call for Prometheus (``service``, ``outcome`` bounded)."""
+        ...
+
+
+class Agent(Protocol):
+    """An agent implementation. One instance per daemon; ``run`` must be re-entrant."""
+
+    agent_type: ClassVar[str]
+    Input: ClassVar[type[BaseModel]]
+
+    async def run(self, ctx: AgentContext, payload: Any) -> AgentResult: ...
+
+
