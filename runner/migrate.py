@@ -13,6 +13,8 @@ import importlib.metadata
 import importlib.resources
 import re
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -42,7 +44,7 @@ class Migration:
 def bundled_migrations() -> list[Migration]:
     """The migrations shipped in this build (``runner.sql`` in the wheel)."""
     found = []
-    for entry in importlib.resources.files("runner.sql").iterdir():
+    for entry in _migrations_dir().iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
@@ -51,6 +53,15 @@ def bundled_migrations() -> list[Migration]:
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"duplicate migration numbers in {[m.name for m in found]}")
     return found
+
+
+def _migrations_dir() -> Traversable:
+    """``runner.sql`` in an installed wheel; the repository's ``sql/`` in a checkout
+    (where the source ``runner`` package shadows the installed one)."""
+    try:
+        return importlib.resources.files("runner.sql")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "sql"
 
 
 def procrastinate_version() -> tuple[int, int, int]:

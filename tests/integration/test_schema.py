@@ -1,0 +1,165 @@
+"""The SQL surface: enqueue paths, constraints, admin functions, monitoring queries."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from runner.migrate import migrate, pending_migrations
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+def _agent(conn: Conn, name: str = "x", agent_type: str = "noop") -> str:
+    row = conn.execute(
+        "INSERT INTO ai_agents (name, agent_type) VALUES (%s, %s) RETURNING id", (name, agent_type)
+    ).fetchone()
+    assert row
+    return str(row[0])
+
+
+def test_migrate_is_idempotent(empty_db_url: str) -> None:
+    first = migrate(empty_db_url)
+    assert first[0].startswith("procrastinate schema")
+    assert "0001_core.sql" in first
+    assert migrate(empty_db_url) == []
+    assert pending_migrations(empty_db_url) == []
+
+
+def test_plain_insert_of_agent_has_defaults(conn: Conn) -> None:
+    _agent(conn)
+    row = conn.execute(
+        "SELECT org_id, max_retries, timeout_seconds, is_active, configuration FROM ai_agents"
+    ).fetchone()
+    assert row == (
+        conn.execute("SELECT runner_default_org_id()").fetchone()[0],  # type: ignore[index]
+        3, 300, True, {},
+    )
+
+
+def test_plain_insert_enqueues_with_agent_defaults(conn: Conn) -> None:
+    agent_id = _agent(conn)
+    conn.execute(
+        "INSERT INTO agent_tasks (agent_id, payload, priority) VALUES (%s, '{}', 4)", (agent_id,)
+    )
+    row = conn.execute(
+        "SELECT t.task_type, t.max_retries, t.status, j.status, j.priority "
+        "FROM agent_tasks t JOIN procrastinate_jobs j ON j.id = t.job_id"
+    ).fetchone()
+    assert row == ("noop", 3, "pending", "todo", 4)
+
+
+def test_enqueue_joins_callers_transaction(conn: Conn) -> None:
+    _agent(conn)
+    with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
+        conn.execute("SELECT enqueue_agent_task('x')")
+        raise psycopg.errors.RaiseException("roll back")
+    assert conn.execute("SELECT count(*) FROM agent_tasks").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("SELECT enqueue_agent_task('nope')", "unknown agent: nope"),
+        ("SELECT enqueue_agent_task('x', '{}', 0)", "priority must be between 1 and 10, got 0"),
+        ("SELECT enqueue_agent_task('x', '{}', 11)", "priority must be between 1 and 10, got 11"),
+        ("SELECT enqueue_agent_task('x', '[1]')", "payload must be a JSON object"),
+        ("SELECT enqueue_agent_task('x'' OR 1=1 --')", "unknown agent: x' OR 1=1 --"),
+    ],
+)
+def test_bad_enqueue_is_refused_and_writes_nothing(conn: Conn, call: str, message: str) -> None:
+    _agent(conn)
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(call)  # type: ignore[arg-type]
+    assert message in str(info.value)
+    assert conn.execute("SELECT count(*) FROM agent_tasks").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone() == (0,)
+
+
+def test_oversized_payload_is_refused(conn: Conn) -> None:
+    _agent(conn)
+    big = '{"blob": "' + "a" * (1024 * 1024 + 10) + '"}'
+    with pytest.raises(psycopg.errors.CheckViolation, match="agent_tasks_payload_size"):
+        conn.execute("SELECT enqueue_agent_task('x', %s::jsonb)", (big,))
+    assert conn.execute("SELECT count(*) FROM agent_tasks").fetchone() == (0,)
+
+
+def test_disabled_agent_cannot_be_enqueued(conn: Conn) -> None:
+    _agent(conn)
+    conn.execute("UPDATE ai_agents SET is_active = false")
+    with pytest.raises(psycopg.errors.CheckViolation, match="is disabled"):
+        conn.execute("SELECT enqueue_agent_task('x')")
+
+
+def test_cancel_pending_then_retry(conn: Conn) -> None:
+    _agent(conn)
+    task_id = conn.execute("SELECT enqueue_agent_task('x')").fetchone()[0]  # type: ignore[index]
+    assert conn.execute("SELECT cancel_agent_task(%s)", (task_id,)).fetchone() == (True,)
+    assert conn.execute("SELECT cancel_agent_task(%s)", (task_id,)).fetchone() == (False,)
+    assert conn.execute(
+        "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'"
+    ).fetchone() == (0,)
+    assert conn.execute("SELECT retry_agent_task(%s)", (task_id,)).fetchone() == (True,)
+    row = conn.execute(
+        "SELECT t.status, j.status FROM agent_tasks t JOIN procrastinate_jobs j ON j.id = t.job_id"
+    ).fetchone()
+    assert row == ("pending", "todo")
+    assert conn.execute("SELECT retry_agent_task(%s)", (task_id,)).fetchone() == (False,)
+
+
+def test_seed_monitoring_queries_run_verbatim(conn: Conn) -> None:
+    agent_id = _agent(conn)
+    conn.execute("SELECT enqueue_agent_task('x')")
+    org = conn.execute("SELECT runner_default_org_id()").fetchone()[0]  # type: ignore[index]
+    conn.execute(
+        "INSERT INTO agent_executions (agent_id, status, duration_ms) VALUES (%s, 'completed', 5)",
+        (agent_id,),
+    )
+    executions = conn.execute(
+        f"""
+SELECT
+  ae.id,
+  aa.name as agent_name,
+  ae.status,
+  ae.duration_ms,
+  ae.metrics,
+  ae.created_at
+FROM agent_executions ae
+JOIN ai_agents aa ON ae.agent_id = aa.id
+WHERE ae.org_id = '{org}'
+ORDER BY ae.created_at DESC
+LIMIT 50;
+"""  # type: ignore[arg-type]
+    ).fetchall()
+    assert [row[1:4] for row in executions] == [("x", "completed", 5)]
+    pending = conn.execute(
+        """
+SELECT
+  at.id,
+  aa.name as agent_name,
+  at.task_type,
+  at.priority,
+  at.status,
+  at.retry_count,
+  at.created_at
+FROM agent_tasks at
+JOIN ai_agents aa ON at.agent_id = aa.id
+WHERE at.status = 'pending'
+ORDER BY at.priority DESC, at.created_at ASC;
+"""
+    ).fetchall()
+    assert [row[1:6] for row in pending] == [("x", "noop", 5, "pending", 0)]
+    conn.execute("UPDATE agent_tasks SET status = 'failed'")
+    failed = conn.execute(
+        """
+SELECT
+  at.*,
+  aa.name as agent_name
+FROM agent_tasks at
+JOIN ai_agents aa ON at.agent_id = aa.id
+WHERE at.status = 'failed'
+ORDER BY at.created_at DESC;
+"""
+    ).fetchall()
+    assert len(failed) == 1 and failed[0][-1] == "x"
