@@ -1,0 +1,271 @@
+"""``agent-runner run``: the worker, its supervised side tasks, and shutdown.
+
+procrastinate's worker does the delivery (claim with SKIP LOCKED at bounded concurrency,
+LISTEN/NOTIFY wake-up with polling as fallback, abort requests). Around it the daemon
+runs its own side tasks, each with a ``run_once`` that tests call directly:
+
+* heartbeat: proves this daemon alive in ``runner_daemons`` (and pings systemd's watchdog);
+* rescuer: re-queues attempts whose daemon died or whose job ended without a finish.
+
+If a side task dies, the daemon stops loudly (exit 1) rather than limp on.
+
+Signals only set state. First SIGTERM/SIGINT: stop claiming, wait the grace period,
+then hand unfinished attempts back without spending a retry; exit 0. Second: hand back
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import procrastinate
+import psycopg
+import psycopg_pool
+from procrastinate import job_context
+from procrastinate.worker import Worker
+from psycopg_pool import AsyncConnectionPool
+
+from runner import __version__, metrics, sdnotify, store
+from runner.executor import CompletionHook, Executor, StopReason
+from runner.registry import Registry, default_registry
+from runner.settings import Settings
+
+logger = logging.getLogger("runner.daemon")
+
+_TRANSIENT = (OSError, TimeoutError, psycopg.OperationalError, psycopg_pool.PoolTimeout)
+_MAX_TRANSIENT_FAILURES = 12
+
+QUEUE = "agent_runner"
+TASK_NAME = "agent_runner.attempt"
+
+
+def build_app(executor_ref: Callable[[], Executor], stop_reason: Callable[[], StopReason | None]
+              ) -> procrastinate.App:
+    """A procrastinate app with the single task that runs one attempt."""
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector())
+
+    @app.task(name=TASK_NAME, queue=QUEUE, pass_context=True)
+    async def attempt(context: job_context.JobContext, task_id: str) -> str:
+        assert context.job.id is not None
+
+        def reason() -> StopReason | None:
+            aborted = context.abort_reason()
+            if aborted is job_context.AbortReason.USER_REQUEST:
+                return StopReason.USER_CANCEL
+            if aborted is job_context.AbortReason.SHUTDOWN:
+                return StopReason.SHUTDOWN
+            return stop_reason()
+
+        outcome = await executor_ref().run_job(uuid.UUID(task_id), context.job.id, reason)
+        return outcome.value
+
+    return app
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        conninfo: str,
+        *,
+        registry: Registry | None = None,
+        on_completed: CompletionHook | None = None,
+        extra_side_tasks: list[Callable[[Daemon], Awaitable[None]]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.conninfo = conninfo
+        self.registry = registry or default_registry()
+        self.on_completed = on_completed
+        self.extra_side_tasks = extra_side_tasks or []
+        self.id = uuid.uuid4()
+        self.stopping = False
+        self.hard_stopping = False
+        self._signals = 0
+        self._stopped = asyncio.Event()
+        self.pool: AsyncConnectionPool | None = None
+        self.executor: Executor | None = None
+        self.worker: Worker | None = None
+
+    # -- signals -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("stop_requested", extra={"grace_seconds": self.settings.shutdown_grace})
+            self.stopping = True
+            sdnotify.stopping()
+            if self.worker is not None:
+                self.worker.stop()
+            self._stopped.set()
+        else:
+            logger.warning("hard_stop_requested")
+            self.hard_stopping = True
+            if self.executor is not None:
+                for running in list(self.executor.running.values()):
+                    running.cancel()
+
+    def _stop_reason(self) -> StopReason | None:
+        return StopReason.SHUTDOWN if self.hard_stopping else None
+
+    # -- side tasks ----------------------------------------------------------------------
+
+    async def heartbeat_once(self) -> None:
+        assert self.pool is not None
+        in_flight = self.executor.in_flight if self.executor else 0
+        async with self.pool.connection() as conn:
+            alive = await store.heartbeat(
+                conn, daemon_id=self.id, in_flight=in_flight, stopping=self.stopping
+            )
+            if not alive:
+                # Another daemon presumed us dead and removed our row; our running
+                # attempts were rescued (their finishes will be fenced). Come back.
+                logger.warning("daemon_row_missing_reregistering")
+                await self._register(conn)
+        metrics.heartbeat()
+        sdnotify.watchdog()
+
+    async def rescue_once(self) -> list[store.Rescued]:
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            rescued = await store.rescue_orphans(conn, min_age_seconds=1.0)
+        for item in rescued:
+            logger.warning(
+                "attempt_rescued",
+                extra={"task_id": str(item.task_id), "execution_id": str(item.execution_id),
+                       "requeued": item.requeued},
+            )
+        if rescued:
+            metrics.rescued(len(rescued))
+        return rescued
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[Any]], name: str) -> None:
+        """Run ``step`` every ``interval`` seconds. Connection trouble (Postgres
+        restarting) is retried for a while; anything else kills the side task, and
+        with it the daemon."""
+        failures = 0
+        while True:
+            try:
+                await step()
+                failures = 0
+            except _TRANSIENT as exc:
+                failures += 1
+                logger.warning(f"{name}_failed", extra={"error": str(exc), "failures": failures})
+                if failures >= _MAX_TRANSIENT_FAILURES:
+                    raise
+            await asyncio.sleep(interval)
+
+    async def _register(self, conn: store.Conn) -> None:
+        await store.register_daemon(
+            conn,
+            daemon_id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            concurrency=self.settings.concurrency,
+            poll_interval=self.settings.poll_interval,
+            dead_after=self.settings.rescue_after,
+        )
+
+    # -- main ----------------------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = True) -> int:
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.request_stop)
+        settings = self.settings
+        pool = AsyncConnectionPool(
+            self.conninfo, min_size=2, max_size=settings.concurrency + 6, open=False,
+            name="agent-runner",
+        )
+        await pool.open(wait=True, timeout=30)
+        self.pool = pool
+        http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0),
+                                 follow_redirects=True)
+        try:
+            self.executor = Executor(
+                pool=pool, settings=settings, registry=self.registry, http=http,
+                daemon_id=self.id, on_completed=self.on_completed,
+            )
+            app = build_app(lambda: self._executor(), self._stop_reason)
+            await app.open_async(pool=pool)
+            async with pool.connection() as conn:
+                await self._register(conn)
+            self.worker = Worker(
+                app,
+                queues=[QUEUE],
+                name=f"agent-runner-{str(self.id)[:8]}",
+                concurrency=settings.concurrency,
+                fetch_job_polling_interval=settings.poll_interval,
+                abort_job_polling_interval=min(2.0, settings.poll_interval),
+                shutdown_graceful_timeout=settings.shutdown_grace,
+                listen_notify=True,
+                install_signal_handlers=False,
+                update_heartbeat_interval=settings.heartbeat_interval,
+                stalled_worker_timeout=settings.rescue_after,
+            )
+            return await self._supervise(pool)
+        finally:
+            await http.aclose()
+            with contextlib.suppress(Exception):
+                async with pool.connection(timeout=5) as conn:
+                    await store.unregister_daemon(conn, self.id)
+            await pool.close()
+            if install_signal_handlers:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+
+    def _executor(self) -> Executor:
+        assert self.executor is not None
+        return self.executor
+
+    async def _supervise(self, pool: AsyncConnectionPool) -> int:
+        assert self.worker is not None
+        settings = self.settings
+        side = {
+            asyncio.create_task(
+                self._every(settings.heartbeat_interval, self.heartbeat_once, "heartbeat"),
+                name="heartbeat"),
+            asyncio.create_task(
+                self._every(settings.heartbeat_interval, self.rescue_once, "rescuer"),
+                name="rescuer"),
+        }
+        for factory in self.extra_side_tasks:
+            side.add(asyncio.create_task(factory(self), name=getattr(factory, "__name__", "side")))
+        worker_task = asyncio.create_task(self.worker.run(), name="worker")
+        metrics.daemon_started(__version__)
+        sdnotify.ready()
+        logger.info("daemon_started", extra={
+            "daemon_id": str(self.id), "concurrency": settings.concurrency,
+            "poll_interval": settings.poll_interval})
+        exit_code = 0
+        done, _ = await asyncio.wait({worker_task, *side}, return_when=asyncio.FIRST_COMPLETED)
+        if worker_task not in done:
+            for task in done:
+                exc = task.exception()
+                logger.error("side_task_died", extra={"side_task": task.get_name(),
+                                                      "error": repr(exc)})
+            exit_code = 1
+            self.worker.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker_task
+        if worker_task.done() and not worker_task.cancelled() and worker_task.exception():
+            logger.error("worker_died", extra={"error": repr(worker_task.exception())})
+            exit_code = 1
+        elif not self.stopping and exit_code == 0:
+            logger.error("worker_stopped_unexpectedly")
+            exit_code = 1
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
+        logger.info("daemon_stopped", extra={"exit_code": exit_code})
+        return exit_code

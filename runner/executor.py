@@ -1,0 +1,274 @@
+"""Runs one attempt of one task: the pipeline every agent run goes through.
+
+    start (claim, fenced) -> resolve agent -> validate payload -> run with timeout
+    -> decide the outcome -> record it (fenced, with the agent's writes and the
+    dependents' enqueue in one transaction) -> metrics
+
+No connection is held while the agent runs. Outcomes form a closed set; this module is
+the only place that maps agent behaviour to task states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import httpx
+from psycopg_pool import AsyncConnectionPool
+
+from runner import metrics, store
+from runner.api import AgentResult, CancelTask, CommitHook, FailPermanently, RetryLater
+from runner.context import AttemptContext
+from runner.registry import InvalidPayload, Registry, UnknownAgentType
+from runner.settings import Settings
+
+logger = logging.getLogger("runner.executor")
+
+# Called inside the transaction that completes a task (workflow dependents).
+CompletionHook = Callable[[store.Conn, store.StartedAttempt, dict[str, Any]], Awaitable[None]]
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"
+    RETRY = "retry"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # handed back at shutdown, no retry spent
+    FENCED = "fenced"  # the attempt lost its task before it could finish
+    SKIPPED = "skipped"  # the job was stale: task cancelled or re-queued elsewhere
+
+
+class StopReason(enum.Enum):
+    """Why the executor cancelled a running attempt from outside."""
+
+    USER_CANCEL = "user_cancel"
+    SHUTDOWN = "shutdown"
+
+
+def retry_delay(retry_number: int, *, base: float, cap: float) -> float:
+    """Capped exponential backoff with +-25 % jitter: about 1 s, 2 s, 4 s ... cap.
+
+    The jitter band is narrow enough that consecutive delays still grow (1.25 < 1.5),
+    and wide enough to spread a burst of failures apart.
+    """
+    exponent = min(max(retry_number - 1, 0), 30)
+    delay = min(cap, base * (2**exponent))
+    return delay * random.uniform(0.75, 1.25)
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool,
+        settings: Settings,
+        registry: Registry,
+        http: httpx.AsyncClient,
+        daemon_id: UUID | None = None,
+        on_completed: CompletionHook | None = None,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._registry = registry
+        self._http = http
+        self._daemon_id = daemon_id
+        self._on_completed = on_completed
+        self.running: dict[UUID, asyncio.Task[Any]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    async def run_job(
+        self,
+        task_id: UUID,
+        job_id: int,
+        stop_reason: Callable[[], StopReason | None] = lambda: None,
+    ) -> Outcome:
+        """Run the attempt carried by procrastinate job ``job_id``.
+
+        ``stop_reason`` tells, when the attempt is cancelled from outside, whether an
+        operator cancelled the task or the daemon is shutting down.
+        """
+        async with self._pool.connection() as conn:
+            claimed = await store.start_attempt(
+                conn, task_id=task_id, job_id=job_id, daemon_id=self._daemon_id
+            )
+        if claimed is None:
+            logger.info("attempt_skipped", extra={"task_id": str(task_id), "job_id": job_id})
+            return Outcome.SKIPPED
+        attempt, agent_active = claimed
+        agent_type = attempt.agent.agent_type
+        wait = max(0.0, (attempt.started_at - attempt.scheduled_for).total_seconds())
+        metrics.task_started(agent_type=agent_type, queue_wait_seconds=wait)
+        current = asyncio.current_task()
+        if current is not None:
+            self.running[task_id] = current
+        metrics.set_in_flight(self.in_flight)
+        began = time.monotonic()
+        try:
+            outcome = await self._run_and_record(attempt, agent_active, stop_reason)
+        finally:
+            self.running.pop(task_id, None)
+            metrics.set_in_flight(self.in_flight)
+        metrics.attempt_finished(
+            agent_type=agent_type, outcome=outcome.value, duration_seconds=time.monotonic() - began
+        )
+        return outcome
+
+    async def _run_and_record(
+        self,
+        attempt: store.StartedAttempt,
+        agent_active: bool,
+        stop_reason: Callable[[], StopReason | None],
+    ) -> Outcome:
+        context: AttemptContext | None = None
+        commit_hook: CommitHook | None = None
+        cancelled_from_outside = False
+        try:
+            agent = self._registry.get(attempt.agent.agent_type)
+            if not agent_active:
+                raise FailPermanently(f"agent {attempt.agent.name!r} is disabled")
+            payload = self._registry.validate(attempt.agent.agent_type, attempt.payload)
+            async with self._pool.connection() as conn:
+                parents = await store.parent_outputs(conn, attempt.parent_task_ids)
+            context = AttemptContext(
+                pool=self._pool,
+                attempt=attempt,
+                settings=self._settings,
+                http=self._http,
+                parent_outputs=parents,
+            )
+            async with asyncio.timeout(attempt.agent.timeout_seconds):
+                result = await agent.run(context, payload)
+            if not isinstance(result, AgentResult):
+                raise FailPermanently(
+                    f"agent returned {type(result).__name__}, expected AgentResult"
+                )
+            commit_hook = result.commit
+            finish = store.Finish(
+                "completed", "completed", output=result.output, summary=result.summary
+            )
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            cancelled_from_outside = True
+            finish = await self._cancelled(attempt, stop_reason())
+        except (UnknownAgentType, InvalidPayload, FailPermanently) as exc:
+            finish = store.Finish("failed", "failed", error=str(exc))
+        except CancelTask as exc:
+            finish = store.Finish("cancelled", "cancelled", error=str(exc) or "cancelled by agent")
+        except TimeoutError:
+            finish = self._retry_or_fail(
+                attempt, "timeout",
+                f"timed out after {attempt.agent.timeout_seconds} s", None,
+            )
+        except RetryLater as exc:
+            finish = self._retry_or_fail(attempt, "failed", str(exc), exc.delay)
+        except Exception as exc:
+            # Anything unexpected is treated as transient: retried with backoff.
+            logger.exception("agent_error", extra={"task_id": str(attempt.task_id)})
+            finish = self._retry_or_fail(attempt, "failed", f"{type(exc).__name__}: {exc}", None)
+        if context is not None:
+            finish = _with_metrics(finish, context.execution_metrics())
+        outcome = await self._record(attempt, finish, commit_hook)
+        if cancelled_from_outside and outcome is not Outcome.FENCED:
+            # Let procrastinate see the cancellation so its job ends 'aborted'.
+            raise asyncio.CancelledError
+        return outcome
+
+    async def _cancelled(
+        self, attempt: store.StartedAttempt, reason: StopReason | None
+    ) -> store.Finish:
+        if reason is None:
+            async with self._pool.connection() as conn:
+                if await store.task_cancel_requested(conn, attempt.task_id):
+                    reason = StopReason.USER_CANCEL
+        if reason is StopReason.USER_CANCEL:
+            return store.Finish("cancelled", "cancelled", error="cancelled while running")
+        # Shutdown: hand the task back for the next daemon without spending a retry.
+        return store.Finish(
+            "interrupted", "pending", error="interrupted by daemon shutdown; handed back",
+            spend_retry=False,
+        )
+
+    def _retry_or_fail(
+        self, attempt: store.StartedAttempt, execution_status: str, error: str,
+        delay: float | None,
+    ) -> store.Finish:
+        if attempt.retry_count >= attempt.max_retries:
+            return store.Finish(
+                execution_status, "failed",
+                error=f"{error} (gave up after {attempt.retry_count} retries)",
+            )
+        if delay is None:
+            delay = retry_delay(
+                attempt.retry_count + 1,
+                base=self._settings.retry_base_delay,
+                cap=self._settings.retry_max_delay,
+            )
+        return store.Finish(
+            execution_status, "pending", error=error, spend_retry=True,
+            run_at_delay_seconds=delay,
+        )
+
+    async def _record(
+        self,
+        attempt: store.StartedAttempt,
+        finish: store.Finish,
+        commit_hook: CommitHook | None,
+    ) -> Outcome:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await store.finish_attempt(conn, attempt, finish)
+                if finish.task_status == "completed":
+                    if commit_hook is not None:
+                        await commit_hook(conn)
+                    if self._on_completed is not None:
+                        await self._on_completed(conn, attempt, finish.output or {})
+        except store.Fenced as exc:
+            logger.warning("attempt_fenced", extra={"task_id": str(attempt.task_id),
+                                                    "reason": str(exc)})
+            return Outcome.FENCED
+        except Exception as exc:
+            if finish.task_status != "completed":
+                raise
+            # The agent's writes failed to commit: nothing of the attempt landed, so
+            # record it as a failed attempt instead (retried while retries remain).
+            logger.exception("commit_failed", extra={"task_id": str(attempt.task_id)})
+            failure = self._retry_or_fail(
+                attempt, "failed", f"writing results failed: {type(exc).__name__}: {exc}", None
+            )
+            return await self._record(attempt, _with_metrics(failure, finish.metrics), None)
+        return _outcome_of(finish)
+
+
+def _with_metrics(finish: store.Finish, figures: dict[str, Any]) -> store.Finish:
+    merged = {**finish.metrics, **figures}
+    return store.Finish(
+        finish.execution_status, finish.task_status, output=finish.output,
+        summary=finish.summary, error=finish.error, metrics=merged,
+        spend_retry=finish.spend_retry, run_at_delay_seconds=finish.run_at_delay_seconds,
+    )
+
+
+def _outcome_of(finish: store.Finish) -> Outcome:
+    if finish.task_status == "completed":
+        return Outcome.COMPLETED
+    if finish.task_status == "cancelled":
+        return Outcome.CANCELLED
+    if finish.task_status == "failed":
+        return Outcome.FAILED
+    if finish.execution_status == "interrupted":
+        return Outcome.INTERRUPTED
+    if finish.execution_status == "timeout":
+        return Outcome.TIMEOUT
+    return Outcome.RETRY

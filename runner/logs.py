@@ -1,0 +1,59 @@
+"""Logging set-up: one line per event, as text or JSON (``RUNNER_LOG_FORMAT``).
+
+Log calls pass a stable event name as the message and details as ``extra``; the JSON
+formatter emits those details as fields. Secrets never reach a log call: settings hold
+them as ``SecretStr`` and no code logs settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "taskName",
+}
+
+
+def _details(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+            **_details(record),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        details = _details(record)
+        if details:
+            line += " " + " ".join(f"{key}={value}" for key, value in details.items())
+        if record.exc_info and not record.exc_text:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # procrastinate logs every job start/end at INFO; that is our executor's job.
+    logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))

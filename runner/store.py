@@ -1,0 +1,376 @@
+"""Every runtime query of the runner. Nothing else in ``runner`` builds SQL.
+
+Fencing: an attempt owns its task while ``agent_tasks.current_execution_id`` names
+its execution and both are still ``processing`` / ``running``. Every write that ends
+an attempt (finish, hand-back, rescue) locks the task row first, then checks that
+ownership in the same statement; a write that finds it gone changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from runner.api import AgentDefinition, LLMCallRecord
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+class Fenced(Exception):
+    """The attempt no longer owns its task (rescued, or finished by someone else)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StartedAttempt:
+    task_id: UUID
+    execution_id: UUID
+    attempt: int
+    job_id: int
+    agent: AgentDefinition
+    payload: dict[str, Any]
+    priority: int
+    retry_count: int
+    max_retries: int
+    scheduled_for: dt.datetime
+    started_at: dt.datetime
+    workflow_run_id: UUID | None
+    parent_task_ids: tuple[UUID, ...]
+
+
+_START_ATTEMPT = """
+WITH task AS (
+    SELECT t.id, t.agent_id, t.org_id, t.payload, t.priority, t.retry_count, t.max_retries,
+           t.scheduled_for, t.workflow_run_id, t.parent_task_ids
+    FROM agent_tasks t
+    WHERE t.id = %(task_id)s AND t.status = 'pending' AND t.job_id = %(job_id)s
+    FOR UPDATE
+), execution AS (
+    INSERT INTO agent_executions (
+        agent_id, org_id, stream_id, task_id, attempt, job_id, daemon_id, status,
+        started_at, input_data, goal_context)
+    SELECT task.agent_id, task.org_id,
+           CASE WHEN task.payload->>'stream_id' ~* '^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$'
+                THEN (SELECT s.id FROM streams s WHERE s.id = (task.payload->>'stream_id')::uuid)
+           END,
+           task.id,
+           (SELECT count(*) + 1 FROM agent_executions e WHERE e.task_id = task.id),
+           %(job_id)s, %(daemon_id)s, 'running', clock_timestamp(), task.payload,
+           task.payload->'goal_context'
+    FROM task
+    RETURNING id, attempt, started_at
+), claimed AS (
+    UPDATE agent_tasks t
+    SET status = 'processing', current_execution_id = execution.id,
+        started_at = coalesce(t.started_at, execution.started_at), updated_at = now()
+    FROM execution
+    WHERE t.id = %(task_id)s
+)
+SELECT execution.id AS execution_id, execution.attempt, execution.started_at,
+       task.payload, task.priority, task.retry_count, task.max_retries, task.scheduled_for,
+       task.workflow_run_id, task.parent_task_ids,
+       a.id AS agent_id, a.org_id, a.name, a.agent_type, a.configuration, a.model,
+       a.instructions_prompt, a.tool_names, a.max_agent_steps, a.max_retries AS agent_max_retries,
+       a.timeout_seconds, a.is_active
+FROM execution, task JOIN ai_agents a ON a.id = task.agent_id
+"""
+
+
+async def start_attempt(
+    conn: Conn, *, task_id: UUID, job_id: int, daemon_id: UUID | None
+) -> tuple[StartedAttempt, bool] | None:
+    """Claim the task for this job's attempt. ``None`` when the job is stale (the task
+    was cancelled, or re-queued under another job). The bool is the agent's is_active."""
+    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _START_ATTEMPT, {"task_id": task_id, "job_id": job_id, "daemon_id": daemon_id}
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    agent = AgentDefinition(
+        id=row["agent_id"],
+        org_id=row["org_id"],
+        name=row["name"],
+        agent_type=row["agent_type"],
+        configuration=row["configuration"],
+        model=row["model"],
+        instructions_prompt=row["instructions_prompt"],
+        tool_names=tuple(row["tool_names"]),
+        max_agent_steps=row["max_agent_steps"],
+        max_retries=row["agent_max_retries"],
+        timeout_seconds=row["timeout_seconds"],
+    )
+    started = StartedAttempt(
+        task_id=task_id,
+        execution_id=row["execution_id"],
+        attempt=row["attempt"],
+        job_id=job_id,
+        agent=agent,
+        payload=row["payload"],
+        priority=row["priority"],
+        retry_count=row["retry_count"],
+        max_retries=row["max_retries"],
+        scheduled_for=row["scheduled_for"],
+        started_at=row["started_at"],
+        workflow_run_id=row["workflow_run_id"],
+        parent_task_ids=tuple(row["parent_task_ids"]),
+    )
+    return started, bool(row["is_active"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finish:
+    """How an attempt ends, as the executor decided it."""
+
+    #: agent_executions.status: completed | failed | timeout | cancelled | interrupted
+    execution_status: str
+    #: agent_tasks.status afterwards: completed | pending | failed | cancelled
+    task_status: str
+    output: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: when task_status is pending: spend a retry (False for a hand-back) and when to run
+    spend_retry: bool = False
+    run_at_delay_seconds: float = 0.0
+
+
+_FINISH_TASK = """
+UPDATE agent_tasks t
+SET status = %(task_status)s,
+    retry_count = t.retry_count + %(spent)s,
+    error_message = %(error)s,
+    output = CASE WHEN %(task_status)s = 'completed' THEN %(output)s ELSE t.output END,
+    completed_at = CASE WHEN %(task_status)s IN ('completed', 'failed', 'cancelled')
+                        THEN now() END,
+    scheduled_for = CASE WHEN %(task_status)s = 'pending'
+                         THEN now() + make_interval(secs => %(delay)s) ELSE t.scheduled_for END,
+    job_id = CASE WHEN %(task_status)s = 'pending'
+                  THEN runner_defer_attempt(t.id, t.priority,
+                                            now() + make_interval(secs => %(delay)s))
+                  ELSE t.job_id END,
+    current_execution_id = CASE WHEN %(task_status)s = 'pending' THEN NULL
+                                ELSE t.current_execution_id END,
+    cancel_requested = false,
+    updated_at = now()
+WHERE t.id = %(task_id)s AND t.status = 'processing'
+  AND t.current_execution_id = %(execution_id)s
+RETURNING t.retry_count, t.job_id
+"""
+
+_FINISH_EXECUTION = """
+UPDATE agent_executions e
+SET status = %(execution_status)s,
+    completed_at = clock_timestamp(),
+    duration_ms = greatest(0, round(extract(epoch FROM clock_timestamp() - e.started_at) * 1000))::int,
+    output_data = %(output)s,
+    results_summary = %(summary)s,
+    error_message = %(error)s,
+    metrics = e.metrics || %(metrics)s
+WHERE e.id = %(execution_id)s AND e.status = 'running'
+RETURNING e.duration_ms
+"""
+
+
+async def finish_attempt(
+    conn: Conn, attempt: StartedAttempt, finish: Finish
+) -> int:
+    """Write the attempt's end inside the caller's transaction; raise :class:`Fenced`
+    (the caller rolls back) when the attempt no longer owns its task.
+    Returns the execution's duration in ms."""
+    params = {
+        "task_id": attempt.task_id,
+        "execution_id": attempt.execution_id,
+        "task_status": finish.task_status,
+        "execution_status": finish.execution_status,
+        "spent": 1 if finish.spend_retry else 0,
+        "error": finish.error,
+        "output": Jsonb(finish.output) if finish.output is not None else None,
+        "summary": Jsonb(finish.summary) if finish.summary is not None else None,
+        "metrics": Jsonb(dict(finish.metrics)),
+        "delay": float(finish.run_at_delay_seconds),
+    }
+    task_row = await (await conn.execute(_FINISH_TASK, params)).fetchone()
+    if task_row is None:
+        raise Fenced(f"task {attempt.task_id} is no longer owned by {attempt.execution_id}")
+    execution_row = await (await conn.execute(_FINISH_EXECUTION, params)).fetchone()
+    if execution_row is None:
+        raise Fenced(f"execution {attempt.execution_id} is no longer running")
+    return int(execution_row[0])
+
+
+async def task_cancel_requested(conn: Conn, task_id: UUID) -> bool:
+    row = await (
+        await conn.execute("SELECT cancel_requested FROM agent_tasks WHERE id = %s", (task_id,))
+    ).fetchone()
+    return bool(row and row[0])
+
+
+async def append_log(
+    conn: Conn,
+    *,
+    task_id: UUID | None,
+    execution_id: UUID | None,
+    log_type: str,
+    message: str,
+    metadata: Mapping[str, Any],
+) -> None:
+    await conn.execute(
+        "INSERT INTO agent_task_logs (task_id, execution_id, log_type, message, metadata) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (task_id, execution_id, log_type, message, Jsonb(dict(metadata))),
+    )
+
+
+async def insert_llm_call(
+    conn: Conn, *, attempt: StartedAttempt, call_index: int, call: LLMCallRecord
+) -> None:
+    # ON CONFLICT: a ledger row is written once per (execution, call), whatever happens.
+    await conn.execute(
+        """
+        INSERT INTO llm_calls (
+            org_id, agent_id, task_id, execution_id, call_index, model, input_tokens,
+            output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd,
+            price_version, stop_reason, duration_ms, request_id)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (execution_id, call_index) DO NOTHING
+        """,
+        (
+            attempt.agent.org_id, attempt.agent.id, attempt.task_id, attempt.execution_id,
+            call_index, call.model, call.input_tokens, call.output_tokens,
+            call.cache_creation_input_tokens, call.cache_read_input_tokens, call.cost_usd,
+            call.price_version, call.stop_reason, call.duration_ms, call.request_id,
+        ),
+    )
+
+
+async def parent_outputs(conn: Conn, parent_task_ids: Sequence[UUID]) -> dict[str, Any]:
+    """Outputs of completed parent tasks, keyed by their agent's name."""
+    if not parent_task_ids:
+        return {}
+    cur = await conn.execute(
+        "SELECT a.name, t.output FROM agent_tasks t JOIN ai_agents a ON a.id = t.agent_id "
+        "WHERE t.id = ANY(%s) AND t.status = 'completed'",
+        (list(parent_task_ids),),
+    )
+    return {name: output or {} for name, output in await cur.fetchall()}
+
+
+# -- daemons, heartbeat and rescue ------------------------------------------------------
+
+
+async def register_daemon(
+    conn: Conn,
+    *,
+    daemon_id: UUID,
+    host: str,
+    pid: int,
+    version: str,
+    concurrency: int,
+    poll_interval: float,
+    dead_after: float,
+) -> None:
+    await conn.execute(
+        "INSERT INTO runner_daemons (id, host, pid, version, concurrency, poll_interval_seconds, "
+        "dead_after) VALUES (%s, %s, %s, %s, %s, %s, make_interval(secs => %s))",
+        (daemon_id, host, pid, version, concurrency, poll_interval, dead_after),
+    )
+
+
+async def heartbeat(conn: Conn, *, daemon_id: UUID, in_flight: int, stopping: bool) -> bool:
+    """Returns False when our row is gone (another daemon declared us dead)."""
+    cur = await conn.execute(
+        "UPDATE runner_daemons SET last_heartbeat = now(), in_flight = %s, stopping = %s "
+        "WHERE id = %s",
+        (in_flight, stopping, daemon_id),
+    )
+    return cur.rowcount == 1
+
+
+async def unregister_daemon(conn: Conn, daemon_id: UUID) -> None:
+    await conn.execute("DELETE FROM runner_daemons WHERE id = %s", (daemon_id,))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rescued:
+    task_id: UUID
+    execution_id: UUID
+    agent_type: str
+    requeued: bool
+
+
+# An attempt is orphaned when its daemon stopped heartbeating (crash, kill -9, lost
+# network), or when its procrastinate job is no longer 'doing' (the worker gave up on
+# it without our finish). Each orphan is re-queued with a fresh job, spending one retry:
+# a task that kills its daemon every time must not loop forever.
+_RESCUE = """
+WITH orphan AS (
+    SELECT e.id AS execution_id, e.task_id, e.job_id
+    FROM agent_executions e
+    LEFT JOIN runner_daemons d ON d.id = e.daemon_id
+    LEFT JOIN procrastinate_jobs j ON j.id = e.job_id
+    WHERE e.status = 'running'
+      AND e.started_at < now() - make_interval(secs => %(min_age)s)
+      AND (d.id IS NULL
+           OR d.last_heartbeat < now() - d.dead_after
+           OR j.id IS NULL
+           OR j.status <> 'doing')
+    ORDER BY e.started_at
+    LIMIT 500
+), task AS (
+    SELECT t.id, t.retry_count, t.max_retries, t.priority, o.execution_id, o.job_id
+    FROM agent_tasks t JOIN orphan o ON o.task_id = t.id
+    WHERE t.status = 'processing' AND t.current_execution_id = o.execution_id
+    FOR UPDATE OF t SKIP LOCKED
+), old_job AS (
+    UPDATE procrastinate_jobs j SET status = 'failed'
+    FROM task WHERE j.id = task.job_id AND j.status IN ('doing', 'todo')
+), lost AS (
+    UPDATE agent_executions e
+    SET status = 'rescued', completed_at = clock_timestamp(),
+        duration_ms = greatest(0, round(extract(epoch FROM clock_timestamp() - e.started_at) * 1000))::int,
+        error_message = 'attempt lost: its daemon stopped heartbeating or its job ended; re-queued'
+    FROM task WHERE e.id = task.execution_id AND e.status = 'running'
+), requeued AS (
+    UPDATE agent_tasks t
+    SET retry_count = t.retry_count + 1,
+        status = CASE WHEN t.retry_count < t.max_retries THEN 'pending' ELSE 'failed' END,
+        error_message = 'attempt lost: its daemon stopped heartbeating or its job ended',
+        completed_at = CASE WHEN t.retry_count < t.max_retries THEN NULL ELSE now() END,
+        current_execution_id = NULL,
+        job_id = CASE WHEN t.retry_count < t.max_retries
+                      THEN runner_defer_attempt(t.id, t.priority, now()) ELSE NULL END,
+        updated_at = now()
+    FROM task WHERE t.id = task.id
+    RETURNING t.id, t.status
+)
+SELECT requeued.id, task.execution_id, a.agent_type, requeued.status = 'pending'
+FROM requeued
+JOIN task ON task.id = requeued.id
+JOIN agent_tasks t2 ON t2.id = requeued.id
+JOIN ai_agents a ON a.id = t2.agent_id
+"""
+
+
+async def rescue_orphans(conn: Conn, *, min_age_seconds: float) -> list[Rescued]:
+    async with conn.transaction():
+        cur = await conn.execute(_RESCUE, {"min_age": min_age_seconds})
+        rows = await cur.fetchall()
+        # Dead daemons' rows are kept until their attempts are rescued, so the
+        # check above can see who they were; after that they only clutter status.
+        await conn.execute(
+            "DELETE FROM runner_daemons d WHERE d.last_heartbeat < now() - d.dead_after * 4"
+        )
+    return [Rescued(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
