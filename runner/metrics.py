@@ -1,0 +1,532 @@
+"""Every Prometheus metric of agent-runner; the only module that imports prometheus_client.
+
+The rest of the runner calls the small functions below (``task_started``,
+``attempt_finished``, ``llm_call`` ...) and never sees a metric object, so names, label
+sets and buckets are decided here once.
+
+Design choices:
+
+* **A dedicated registry** (:data:`REGISTRY`), not prometheus_client's global one: other
+  libraries in the process cannot leak series into our scrape, and nothing we do can
+  collide with theirs. The standard process / platform / GC collectors are registered
+  on it. One process is one scrape target: several daemons started in one process (as
+  tests do) share these series. Building the metric objects at import does no I/O.
+* **Bounded labels only**: ``agent_type``, ``status``, ``outcome``, ``model``, ``kind``,
+  ``service`` (and ``version`` on the build-info gauge). Closed vocabularies (outcomes,
+  services, token kinds) reject unknown values with ``ValueError``, because an unknown
+  value is a bug in the caller. ``agent_type`` values outside the schema's list, and
+  ``model`` values past the first :data:`MAX_MODELS`, are counted as ``"other"``: those
+  come from data, and a metrics call must never fail a task.
+* **Attempts, not tasks**: one counter ``agent_runner_task_attempts_started_total`` and
+  one ``agent_runner_task_attempts_finished_total{outcome}``, rather than five counters
+  named after outcomes. A task's end state is an attempt outcome (``completed``,
+  ``failed`` = permanent, ``cancelled``), a retry is the ``retry`` outcome, and one
+  label lets PromQL compute any ratio. ``started - sum(finished)`` is what is running.
+* **Queue figures come from Postgres**, which is the queue, but never at scrape time: a
+  scrape must stay cheap and must not fail when the database is slow. The daemon runs
+  :func:`refresh_task_counts` every few seconds; a custom collector serves the last
+  snapshot and its timestamp, so staleness is visible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
+from typing import Any, Final, Literal, get_args
+
+import psycopg
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = [
+    "AGENT_TYPES",
+    "ATTEMPT_OUTCOMES",
+    "CONTENT_TYPE",
+    "HTTP_OUTCOMES",
+    "HTTP_SERVICES",
+    "MAX_MODELS",
+    "REGISTRY",
+    "TASK_STATUSES",
+    "TOKEN_KINDS",
+    "AttemptOutcome",
+    "DbSnapshot",
+    "HttpOutcome",
+    "HttpService",
+    "attempt_finished",
+    "classify_http_status",
+    "cron_fired",
+    "daemon_started",
+    "daemon_stopping",
+    "fetch_db_snapshot",
+    "heartbeat",
+    "http_call",
+    "llm_call",
+    "refresh_task_counts",
+    "render",
+    "rescued",
+    "set_db_snapshot",
+    "set_in_flight",
+    "task_started",
+]
+
+# Vocabularies -------------------------------------------------------------------------
+
+#: The ``ai_agents.agent_type`` values the schema allows (its CHECK constraint).
+AGENT_TYPES: Final = ("opportunity_bot", "enrichment_agent", "scoring_agent", "llm_agent", "noop")
+#: The ``agent_tasks.status`` values; every one is always exported, zero-filled.
+TASK_STATUSES: Final = ("pending", "processing", "completed", "failed", "cancelled")
+
+AttemptOutcome = Literal[
+    "completed", "retry", "failed", "cancelled", "timeout", "interrupted", "fenced", "skipped"
+]
+#: ``skipped``: the job was stale (task cancelled or re-queued elsewhere) and nothing ran.
+ATTEMPT_OUTCOMES: Final[tuple[str, ...]] = get_args(AttemptOutcome)
+
+HttpService = Literal["companies_house", "website", "anthropic"]
+HTTP_SERVICES: Final[tuple[str, ...]] = get_args(HttpService)
+HttpOutcome = Literal[
+    "ok", "not_found", "rate_limited", "client_error", "server_error", "timeout", "error"
+]
+HTTP_OUTCOMES: Final[tuple[str, ...]] = get_args(HttpOutcome)
+
+TokenKind = Literal["input", "output", "cache_creation", "cache_read"]
+TOKEN_KINDS: Final[tuple[str, ...]] = get_args(TokenKind)
+
+#: Distinct ``model`` label values kept before further ones are counted as ``"other"``.
+MAX_MODELS: Final = 32
+OTHER: Final = "other"
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+# Buckets ------------------------------------------------------------------------------
+
+# An attempt takes from a millisecond (noop) to the ten minutes an LLM agent may run.
+_DURATION_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+# Waiting starts at LISTEN/NOTIFY latency (milliseconds) and, under a backlog or while
+# paused, reaches hours; past an hour the exact figure no longer changes any decision.
+_QUEUE_WAIT_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+
+# Registry and metrics -----------------------------------------------------------------
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+_build_info = Gauge(
+    "agent_runner_build_info",
+    "Always 1; the version label says which agent-runner build is running.",
+    ["version"],
+    registry=REGISTRY,
+)
+_daemon_up = Gauge(
+    "agent_runner_daemon_up",
+    "1 while the daemon is running and claiming work, 0 once it has begun to stop.",
+    registry=REGISTRY,
+)
+_last_heartbeat = Gauge(
+    "agent_runner_last_heartbeat_timestamp_seconds",
+    "Unix time of this daemon's last successful heartbeat to Postgres.",
+    registry=REGISTRY,
+)
+_in_flight = Gauge(
+    "agent_runner_in_flight_tasks",
+    "Attempts this daemon is running right now.",
+    registry=REGISTRY,
+)
+_attempts_started = Counter(
+    "agent_runner_task_attempts_started",
+    "Attempts this daemon claimed and began to run.",
+    ["agent_type"],
+    registry=REGISTRY,
+)
+_attempts_finished = Counter(
+    "agent_runner_task_attempts_finished",
+    "Attempts this daemon finished, by outcome: completed, retry (failed, will run "
+    "again), failed (permanently), cancelled, timeout, interrupted (handed back at "
+    "shutdown), fenced (lost its task), skipped (stale job).",
+    ["agent_type", "outcome"],
+    registry=REGISTRY,
+)
+_execution_duration = Histogram(
+    "agent_runner_execution_duration_seconds",
+    "Wall-clock time of one attempt, from claim to recorded outcome.",
+    ["agent_type"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+_queue_wait = Histogram(
+    "agent_runner_queue_wait_seconds",
+    "Time from a task's scheduled_for to the start of its attempt.",
+    ["agent_type"],
+    buckets=_QUEUE_WAIT_BUCKETS,
+    registry=REGISTRY,
+)
+_rescued = Counter(
+    "agent_runner_rescued_attempts",
+    "Attempts of dead daemons that this daemon rescued.",
+    registry=REGISTRY,
+)
+_cron_fires = Counter(
+    "agent_runner_cron_fires",
+    "Tasks enqueued by the cron scheduler.",
+    ["agent_type"],
+    registry=REGISTRY,
+)
+_llm_calls = Counter(
+    "agent_runner_llm_calls",
+    "Model calls made by agents.",
+    ["model"],
+    registry=REGISTRY,
+)
+_llm_tokens = Counter(
+    "agent_runner_llm_tokens",
+    "Tokens billed for model calls, by kind: input, output, cache_creation, cache_read.",
+    ["model", "kind"],
+    registry=REGISTRY,
+)
+_llm_cost = Counter(
+    "agent_runner_llm_cost_usd",
+    "Cost of model calls in US dollars, at the prices in the cost ledger.",
+    ["model"],
+    registry=REGISTRY,
+)
+_http_calls = Counter(
+    "agent_runner_http_calls",
+    "Outbound HTTP calls made by agents, by service and outcome.",
+    ["service", "outcome"],
+    registry=REGISTRY,
+)
+_db_snapshot_errors = Counter(
+    "agent_runner_db_snapshot_errors",
+    "Failed refreshes of the task figures read from Postgres.",
+    registry=REGISTRY,
+)
+
+# Every known combination exists from the start at 0, so rate() and the alert ratios
+# have a series to work on before the first event, and dashboards show zeros, not gaps.
+for _agent_type in AGENT_TYPES:
+    _attempts_started.labels(_agent_type)
+    _execution_duration.labels(_agent_type)
+    _queue_wait.labels(_agent_type)
+    _cron_fires.labels(_agent_type)
+    for _outcome in ATTEMPT_OUTCOMES:
+        _attempts_finished.labels(_agent_type, _outcome)
+for _service in HTTP_SERVICES:
+    for _http_outcome in HTTP_OUTCOMES:
+        _http_calls.labels(_service, _http_outcome)
+
+
+# Bounded label values -------------------------------------------------------------------
+
+
+class BoundedLabelValues:
+    """Admits the first ``limit`` distinct values of an open-ended label; later ones
+    become ``"other"``, so a typo'd or generated value cannot explode the series count."""
+
+    def __init__(self, limit: int, *, max_length: int = 100) -> None:
+        self._limit = limit
+        self._max_length = max_length
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if not value or len(value) > self._max_length or len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+_model_label = BoundedLabelValues(MAX_MODELS)
+_known_agent_types = frozenset(AGENT_TYPES)
+
+
+def _agent_type_label(agent_type: str) -> str:
+    return agent_type if agent_type in _known_agent_types else OTHER
+
+
+def _closed(value: str, vocabulary: tuple[str, ...], what: str) -> str:
+    if value not in vocabulary:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(vocabulary)}")
+    return value
+
+
+# What the executor, the context and the daemon call -------------------------------------
+
+
+def daemon_started(version: str) -> None:
+    """The daemon is up: publish the build and mark it claiming."""
+    _build_info.clear()
+    _build_info.labels(version).set(1)
+    _daemon_up.set(1)
+
+
+def daemon_stopping() -> None:
+    """The daemon has begun to stop (first SIGTERM); in-flight work may still finish."""
+    _daemon_up.set(0)
+
+
+def heartbeat(at: float | None = None) -> None:
+    """A heartbeat reached Postgres (``at``: Unix time, default now)."""
+    _last_heartbeat.set(time.time() if at is None else at)
+
+
+def set_in_flight(count: int) -> None:
+    _in_flight.set(count)
+
+
+def task_started(*, agent_type: str, queue_wait_seconds: float) -> None:
+    """An attempt was claimed; ``queue_wait_seconds`` runs from ``scheduled_for``."""
+    label = _agent_type_label(agent_type)
+    _attempts_started.labels(label).inc()
+    # Clocks of the daemon and the database may disagree by a little; a negative wait
+    # would corrupt the histogram's sum.
+    _queue_wait.labels(label).observe(max(0.0, queue_wait_seconds))
+
+
+def attempt_finished(*, agent_type: str, outcome: str, duration_seconds: float) -> None:
+    """An attempt ended with ``outcome`` (one of :data:`ATTEMPT_OUTCOMES`)."""
+    label = _agent_type_label(agent_type)
+    _attempts_finished.labels(label, _closed(outcome, ATTEMPT_OUTCOMES, "attempt outcome")).inc()
+    _execution_duration.labels(label).observe(max(0.0, duration_seconds))
+
+
+def rescued(count: int) -> None:
+    """``count`` attempts of dead daemons were rescued."""
+    if count < 0:
+        raise ValueError(f"rescued count must be >= 0, got {count}")
+    _rescued.inc(count)
+
+
+def cron_fired(agent_type: str) -> None:
+    """The scheduler enqueued one task for an agent of this type."""
+    _cron_fires.labels(_agent_type_label(agent_type)).inc()
+
+
+def llm_call(
+    *,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cache_creation_input_tokens: int = 0,
+    cache_read_input_tokens: int = 0,
+    cost_usd: float | Decimal = 0.0,
+) -> None:
+    """One model call's usage (argument names follow ``runner.api.LLMCallRecord``)."""
+    tokens = {
+        "input": input_tokens,
+        "output": output_tokens,
+        "cache_creation": cache_creation_input_tokens,
+        "cache_read": cache_read_input_tokens,
+    }
+    if any(count < 0 for count in tokens.values()) or cost_usd < 0:
+        raise ValueError(f"token counts and cost must be >= 0, got {tokens} and {cost_usd}")
+    label = _model_label(model)
+    _llm_calls.labels(label).inc()
+    for kind, count in tokens.items():
+        _llm_tokens.labels(label, kind).inc(count)
+    _llm_cost.labels(label).inc(float(cost_usd))
+
+
+def http_call(*, service: str, outcome: str) -> None:
+    """One outbound HTTP call (``service`` in :data:`HTTP_SERVICES`, ``outcome`` in
+    :data:`HTTP_OUTCOMES`; :func:`classify_http_status` maps a status code)."""
+    _http_calls.labels(
+        _closed(service, HTTP_SERVICES, "HTTP service"),
+        _closed(outcome, HTTP_OUTCOMES, "HTTP outcome"),
+    ).inc()
+
+
+def classify_http_status(status_code: int) -> HttpOutcome:
+    """The ``outcome`` label for an HTTP response, so every client classifies alike.
+    Redirects count as ``ok``: clients follow them and the final status is what matters."""
+    if status_code < 400:
+        return "ok"
+    if status_code == 404:
+        return "not_found"
+    if status_code == 429:
+        return "rate_limited"
+    if status_code < 500:
+        return "client_error"
+    return "server_error"
+
+
+# Task figures read from Postgres ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DbSnapshot:
+    """What the queue looked like at ``taken_at`` (Unix time)."""
+
+    task_counts: Mapping[str, int]
+    #: Age of the oldest pending task that is due (0 when none waits).
+    oldest_pending_age_seconds: float
+    #: How long the oldest current attempt of a processing task has run (0 when none).
+    oldest_processing_age_seconds: float
+    #: How far the most overdue processing task has run past its agent's
+    #: ``timeout_seconds`` (0 when none has): the executor's timeout and the rescuer
+    #: should both have ended it, so anything above a minute or two means neither did.
+    processing_overdue_seconds: float
+    #: ``runner_control.paused``: claiming is stopped on every daemon.
+    paused: bool
+    taken_at: float
+
+
+# These read-only monitoring queries live beside the collector they feed rather than in
+# runner.store (rule 1 of STYLE.md): they are the collector's definition, touch no
+# queue state, and the collector is their only reader. Both run on indexes: the
+# (status, priority, created_at) index for the counts and the processing rows (few:
+# bounded by the daemons' concurrency), a primary-key read for runner_control. The
+# pending scan is proportional to the backlog, as is the count itself.
+_TASK_COUNTS_SQL: Final = "SELECT status, count(*) FROM agent_tasks GROUP BY status"
+_QUEUE_AGES_SQL: Final = """
+WITH processing AS (
+    SELECT now() - coalesce(e.started_at, t.updated_at) AS age, a.timeout_seconds
+    FROM agent_tasks t
+    JOIN ai_agents a ON a.id = t.agent_id
+    LEFT JOIN agent_executions e ON e.id = t.current_execution_id
+    WHERE t.status = 'processing'
+)
+SELECT
+    (SELECT extract(epoch FROM now() - min(scheduled_for))::float8
+     FROM agent_tasks WHERE status = 'pending' AND scheduled_for <= now()),
+    (SELECT extract(epoch FROM max(age))::float8 FROM processing),
+    (SELECT max(extract(epoch FROM age) - timeout_seconds)::float8 FROM processing),
+    (SELECT paused FROM runner_control)
+"""
+# A refresh must not pin a pooled connection behind a pathological scan.
+_SNAPSHOT_STATEMENT_TIMEOUT_MS: Final = 5000
+
+
+async def fetch_db_snapshot(conn: psycopg.AsyncConnection[Any]) -> DbSnapshot:
+    """Read the queue figures (in the connection's current transaction)."""
+    await conn.execute(
+        "SELECT set_config('statement_timeout', %s, true)", (str(_SNAPSHOT_STATEMENT_TIMEOUT_MS),)
+    )
+    cursor = await conn.execute(_TASK_COUNTS_SQL)
+    counts = {str(status): int(count) for status, count in await cursor.fetchall()}
+    cursor = await conn.execute(_QUEUE_AGES_SQL)
+    row = await cursor.fetchone()
+    assert row is not None  # a SELECT without FROM returns exactly one row
+    pending_age, processing_age, overdue, paused = row
+    return DbSnapshot(
+        task_counts=counts,
+        oldest_pending_age_seconds=max(0.0, pending_age or 0.0),
+        oldest_processing_age_seconds=max(0.0, processing_age or 0.0),
+        processing_overdue_seconds=max(0.0, overdue or 0.0),
+        paused=bool(paused),
+        taken_at=time.time(),
+    )
+
+
+class DbSnapshotCollector(Collector):
+    """Serves the last :class:`DbSnapshot`; emits nothing before the first one, because
+    "no data yet" must not read as "the queue is empty"."""
+
+    def __init__(self) -> None:
+        # Replaced whole, never mutated: a scrape in another thread sees one snapshot.
+        self.snapshot: DbSnapshot | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so the registry can refuse duplicates without a database.
+        return list(self._families(None))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self.snapshot))
+
+    @staticmethod
+    def _families(snapshot: DbSnapshot | None) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily(
+            "agent_runner_tasks",
+            "Tasks in agent_tasks by status (cluster-wide, read from Postgres).",
+            labels=["status"],
+        )
+        gauges = [
+            GaugeMetricFamily(
+                "agent_runner_oldest_pending_age_seconds",
+                "Age of the oldest pending task that is due to run (0 when none).",
+            ),
+            GaugeMetricFamily(
+                "agent_runner_oldest_processing_age_seconds",
+                "Run time so far of the oldest attempt of a processing task (0 when none).",
+            ),
+            GaugeMetricFamily(
+                "agent_runner_processing_overdue_seconds",
+                "Longest time a processing task has run past its agent's timeout (0 when none).",
+            ),
+            GaugeMetricFamily(
+                "agent_runner_paused",
+                "1 while claiming is paused on every daemon (agent-runner pause).",
+            ),
+            GaugeMetricFamily(
+                "agent_runner_db_snapshot_timestamp_seconds",
+                "Unix time at which the task figures above were read from Postgres.",
+            ),
+        ]
+        if snapshot is not None:
+            for status in TASK_STATUSES:
+                tasks.add_metric([status], snapshot.task_counts.get(status, 0))
+            values = (
+                snapshot.oldest_pending_age_seconds,
+                snapshot.oldest_processing_age_seconds,
+                snapshot.processing_overdue_seconds,
+                float(snapshot.paused),
+                snapshot.taken_at,
+            )
+            for family, value in zip(gauges, values, strict=True):
+                family.add_metric([], value)
+        yield tasks
+        yield from gauges
+
+
+_db_collector = DbSnapshotCollector()
+REGISTRY.register(_db_collector)
+
+
+def set_db_snapshot(snapshot: DbSnapshot) -> None:
+    _db_collector.snapshot = snapshot
+
+
+async def refresh_task_counts(
+    pool: AsyncConnectionPool[Any], *, pool_timeout: float = 5.0
+) -> None:
+    """Read the queue figures once and serve them until the next refresh. The daemon
+    runs this every few seconds; errors are counted and re-raised for its supervisor
+    (the previous snapshot stays, its timestamp showing its age). ``pool_timeout``
+    bounds the wait for a connection; a statement timeout bounds the queries."""
+    try:
+        async with pool.connection(timeout=pool_timeout) as conn:
+            snapshot = await fetch_db_snapshot(conn)
+    except Exception:
+        _db_snapshot_errors.inc()
+        raise
+    set_db_snapshot(snapshot)
+
+
+# Exposition ----------------------------------------------------------------------------
+
+
+def render() -> bytes:
+    """The classic text exposition of :data:`REGISTRY` (content type :data:`CONTENT_TYPE`)."""
+    return generate_latest(REGISTRY)
