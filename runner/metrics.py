@@ -47,7 +47,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
@@ -110,7 +110,10 @@ TOKEN_KINDS: Final[tuple[str, ...]] = get_args(TokenKind)
 MAX_MODELS: Final = 32
 OTHER: Final = "other"
 
-CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# The classic text format, version 0.0.4. prometheus_client 0.26's CONTENT_TYPE_LATEST
+# announces 1.0.0 (UTF-8 names), which older scrapers and promtool do not know; our
+# names are all legacy-valid, so the body is the same and 0.0.4 is the honest label.
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
 # Buckets ------------------------------------------------------------------------------
 
