@@ -52,6 +52,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
 
+from runner import __version__
+
 __all__ = [
     "AGENT_TYPES",
     "ATTEMPT_OUTCOMES",
@@ -238,6 +240,8 @@ for _agent_type in AGENT_TYPES:
 for _service in HTTP_SERVICES:
     for _http_outcome in HTTP_OUTCOMES:
         _http_calls.labels(_service, _http_outcome)
+# Known from the start, like python_info; daemon_started() restates it.
+_build_info.labels(__version__).set(1)
 
 
 # Bounded label values -------------------------------------------------------------------
