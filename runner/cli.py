@@ -41,7 +41,8 @@ def _priority(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"priority must be an integer 1-10, got {text!r}") from None
+        message = f"priority must be an integer 1-10, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
     if not 1 <= value <= 10:
         raise argparse.ArgumentTypeError(f"priority must be between 1 and 10, got {value}")
     return value
@@ -133,7 +134,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     with _connect(settings) as conn:
         if not admin.retry(conn, args.task_id):
-            raise CommandFailed(f"task {args.task_id} is not failed or cancelled (or does not exist)")
+            raise CommandFailed(
+                f"task {args.task_id} is not failed or cancelled (or does not exist)")
     print(f"task {args.task_id} re-queued")
     return EXIT_OK
 
@@ -141,7 +143,8 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     with _connect(settings) as conn:
         if not admin.cancel(conn, args.task_id):
-            raise CommandFailed(f"task {args.task_id} is not pending or processing (or does not exist)")
+            raise CommandFailed(
+                f"task {args.task_id} is not pending or processing (or does not exist)")
     print(f"task {args.task_id} cancellation requested")
     return EXIT_OK
 

@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -79,7 +79,7 @@ class Daemon:
         *,
         registry: Registry | None = None,
         on_completed: CompletionHook | None = None,
-        extra_side_tasks: list[Callable[[Daemon], Awaitable[None]]] | None = None,
+        extra_side_tasks: list[Callable[[Daemon], Coroutine[Any, Any, None]]] | None = None,
     ) -> None:
         self.settings = settings
         self.conninfo = conninfo
@@ -104,7 +104,7 @@ class Daemon:
             self.stopping = True
             sdnotify.stopping()
             if self.worker is not None:
-                self.worker.stop()
+                self.worker.stop()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
             self._stopped.set()
         else:
             logger.warning("hard_stop_requested")
@@ -195,6 +195,7 @@ class Daemon:
             self.executor = Executor(
                 pool=pool, settings=settings, registry=self.registry, http=http,
                 daemon_id=self.id, on_completed=self.on_completed,
+                on_retry_scheduled=self._wake_worker_after,
             )
             app = build_app(lambda: self._executor(), self._stop_reason)
             await app.open_async(pool=pool)
@@ -224,6 +225,21 @@ class Daemon:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
 
+    def _wake_worker_after(self, delay: float) -> None:
+        """Fetch again when a retry falls due, instead of waiting for the next poll.
+
+        procrastinate wakes on NOTIFY for new jobs but not when a future job becomes
+        due; without this a 1 s backoff would wait up to a whole poll interval. It sets
+        the worker's own wake-up event (an internal of the pinned procrastinate).
+        """
+
+        def wake() -> None:
+            event = getattr(self.worker, "_new_job_event", None)
+            if isinstance(event, asyncio.Event):
+                event.set()
+
+        asyncio.get_running_loop().call_later(max(0.0, delay) + 0.005, wake)
+
     def _executor(self) -> Executor:
         assert self.executor is not None
         return self.executor
@@ -241,7 +257,8 @@ class Daemon:
         }
         for factory in self.extra_side_tasks:
             side.add(asyncio.create_task(factory(self), name=getattr(factory, "__name__", "side")))
-        worker_task = asyncio.create_task(self.worker.run(), name="worker")
+        worker_task = asyncio.create_task(
+            self.worker.run(), name="worker")  # type: ignore[no-untyped-call]
         metrics.daemon_started(__version__)
         sdnotify.ready()
         logger.info("daemon_started", extra={
@@ -255,7 +272,7 @@ class Daemon:
                 logger.error("side_task_died", extra={"side_task": task.get_name(),
                                                       "error": repr(exc)})
             exit_code = 1
-            self.worker.stop()
+            self.worker.stop()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
         with contextlib.suppress(asyncio.CancelledError):
             await worker_task
         if worker_task.done() and not worker_task.cancelled() and worker_task.exception():

@@ -15,7 +15,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -53,14 +53,14 @@ class StopReason(enum.Enum):
 
 
 def retry_delay(retry_number: int, *, base: float, cap: float) -> float:
-    """Capped exponential backoff with +-25 % jitter: about 1 s, 2 s, 4 s ... cap.
+    """Exponential backoff with +-25 % jitter, capped: about 1 s, 2 s, 4 s ... at most cap.
 
     The jitter band is narrow enough that consecutive delays still grow (1.25 < 1.5),
     and wide enough to spread a burst of failures apart.
     """
     exponent = min(max(retry_number - 1, 0), 30)
-    delay = min(cap, base * (2**exponent))
-    return delay * random.uniform(0.75, 1.25)
+    jittered: float = base * (2**exponent) * random.uniform(0.75, 1.25)
+    return min(cap, jittered)
 
 
 class Executor:
@@ -73,6 +73,7 @@ class Executor:
         http: httpx.AsyncClient,
         daemon_id: UUID | None = None,
         on_completed: CompletionHook | None = None,
+        on_retry_scheduled: Callable[[float], None] | None = None,
     ) -> None:
         self._pool = pool
         self._settings = settings
@@ -80,6 +81,7 @@ class Executor:
         self._http = http
         self._daemon_id = daemon_id
         self._on_completed = on_completed
+        self._on_retry_scheduled = on_retry_scheduled
         self.running: dict[UUID, asyncio.Task[Any]] = {}
 
     @property
@@ -248,10 +250,12 @@ class Executor:
                 attempt, "failed", f"writing results failed: {type(exc).__name__}: {exc}", None
             )
             return await self._record(attempt, _with_metrics(failure, finish.metrics), None)
+        if finish.task_status == "pending" and self._on_retry_scheduled is not None:
+            self._on_retry_scheduled(finish.run_at_delay_seconds)
         return _outcome_of(finish)
 
 
-def _with_metrics(finish: store.Finish, figures: dict[str, Any]) -> store.Finish:
+def _with_metrics(finish: store.Finish, figures: Mapping[str, Any]) -> store.Finish:
     merged = {**finish.metrics, **figures}
     return store.Finish(
         finish.execution_status, finish.task_status, output=finish.output,

@@ -113,7 +113,7 @@ def migrate(conninfo: str) -> list[str]:
         for migration in bundled_migrations():
             if migration.version in done:
                 continue
-            conn.execute(sql.SQL(migration.text))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(migration.text))  # type: ignore[arg-type,unused-ignore]
             conn.execute(
                 "INSERT INTO runner_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (migration.version, migration.name, migration.checksum),
@@ -134,7 +134,7 @@ def _migrate_procrastinate(conn: psycopg.Connection[Any]) -> list[str]:
                 "their version is unknown, refusing to guess"
             )
         schema = importlib.resources.files("procrastinate.sql").joinpath("schema.sql")
-        conn.execute(schema.read_text("utf-8"))  # type: ignore[arg-type]
+        conn.execute(schema.read_text("utf-8"))  # type: ignore[arg-type,unused-ignore]
         conn.execute("INSERT INTO runner_procrastinate_schema (version) VALUES (%s)", (pinned,))
         return [f"procrastinate schema {pinned}"]
     if row[0] == pinned:
@@ -142,9 +142,11 @@ def _migrate_procrastinate(conn: psycopg.Connection[Any]) -> list[str]:
     installed = tuple(int(part) for part in row[0].split("."))
     names = []
     for name, text in _procrastinate_upgrades(installed):  # type: ignore[arg-type]
-        conn.execute(text)  # type: ignore[arg-type]
+        conn.execute(text)  # type: ignore[arg-type,unused-ignore]
         names.append(f"procrastinate {name}")
-    conn.execute("UPDATE runner_procrastinate_schema SET version = %s, applied_at = now()", (pinned,))
+    conn.execute(
+        "UPDATE runner_procrastinate_schema SET version = %s, applied_at = now()", (pinned,)
+    )
     return names
 
 

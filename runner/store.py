@@ -170,7 +170,7 @@ _FINISH_EXECUTION = """
 UPDATE agent_executions e
 SET status = %(execution_status)s,
     completed_at = clock_timestamp(),
-    duration_ms = greatest(0, round(extract(epoch FROM clock_timestamp() - e.started_at) * 1000))::int,
+    duration_ms = runner_elapsed_ms(e.started_at),
     output_data = %(output)s,
     results_summary = %(summary)s,
     error_message = %(error)s,
@@ -336,7 +336,7 @@ WITH orphan AS (
 ), lost AS (
     UPDATE agent_executions e
     SET status = 'rescued', completed_at = clock_timestamp(),
-        duration_ms = greatest(0, round(extract(epoch FROM clock_timestamp() - e.started_at) * 1000))::int,
+        duration_ms = runner_elapsed_ms(e.started_at),
         error_message = 'attempt lost: its daemon stopped heartbeating or its job ended; re-queued'
     FROM task WHERE e.id = task.execution_id AND e.status = 'running'
 ), requeued AS (

@@ -250,6 +250,11 @@ $$;
 CREATE TRIGGER runner_control_notify AFTER UPDATE ON runner_control
     FOR EACH ROW EXECUTE FUNCTION runner_notify_control();
 
+CREATE FUNCTION runner_elapsed_ms(since timestamptz) RETURNS integer
+    LANGUAGE sql VOLATILE AS $$
+    SELECT greatest(0, round(extract(epoch FROM clock_timestamp() - since) * 1000))::integer
+$$;
+
 -- Delivery --------------------------------------------------------------------------
 
 -- Defers the procrastinate job that carries one attempt of a task. Called in the

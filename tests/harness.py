@@ -32,6 +32,9 @@ def test_settings(**overrides: Any) -> Settings:
     return Settings(**values)
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 async def run_task_inline(
     pool: AsyncConnectionPool,
     task_id: UUID | str,
@@ -74,16 +77,16 @@ def wait_until(
 
 
 async def await_until(
-    predicate: Callable[[], Awaitable[Any]], *, timeout: float = 30.0, interval: float = 0.05,
+    predicate: Callable[[], Awaitable[Any]], *, within: float = 30.0, interval: float = 0.05,
     message: str = "condition",
 ) -> Any:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+            raise AssertionError(f"timed out after {within} s waiting for {message}")
         await asyncio.sleep(interval)
 
 
@@ -146,7 +149,10 @@ class DaemonProcess:
 
 
 @contextmanager
-def daemons(db_url: str, tmp_path: Path, count: int = 1, **env: str) -> Iterator[list[DaemonProcess]]:
+def daemons(
+    db_url: str, tmp_path: Path, count: int = 1, **env: str
+) -> Iterator[list[DaemonProcess]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     started = [DaemonProcess(db_url, tmp_path / f"daemon-{i}.log", **env) for i in range(count)]
     try:
         yield started
