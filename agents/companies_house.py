@@ -83,6 +83,9 @@ MAX_SEARCH_SIZE: Final = 5000
 #: The officers list pages at most this many items (the API's own maximum per page).
 MAX_OFFICERS_PAGE: Final = 100
 _COMPANY_NUMBER: Final = re.compile(r"^[A-Z0-9]{8}$")
+#: Added to the server's reset time: it is whole seconds and our clocks may differ a
+#: little, and a request that lands just before the reset would be refused.
+_RESET_MARGIN: Final = 0.1
 
 ObserveCall = Callable[[str, str], None]
 Sleep = Callable[[float], Awaitable[None]]
@@ -289,14 +292,14 @@ class _RateLimiter:
         if limit is not None:
             self.limit = limit
         if remain is not None and reset is not None:
-            self.remain, self.reset_at = remain, reset
+            self.remain, self.reset_at = remain, reset + _RESET_MARGIN
 
     def exhausted(self, headers: httpx.Headers, fallback_wait: float) -> None:
         """After a 429: nothing left until the reset (or a short fallback wait)."""
         reset = _float_header(headers, "x-ratelimit-reset")
         soonest = self._clock() + fallback_wait
         # A reset already in the past (clock skew) must still cost a short pause.
-        self.reset_at = max(reset, soonest) if reset is not None else soonest
+        self.reset_at = max(reset + _RESET_MARGIN, soonest) if reset is not None else soonest
         self.remain = 0
 
 

@@ -83,6 +83,8 @@ class RecordedRequest:
     authorization: str | None
     at: float
     status: int
+    #: The ``X-Ratelimit-*`` headers sent back.
+    rate_headers: dict[str, str]
 
 
 @dataclasses.dataclass
@@ -200,7 +202,7 @@ class CompaniesHouseStandIn:
         with self._lock:
             status, headers, body = self._respond_locked(parts.path, query, authorization)
             self.requests.append(RecordedRequest(
-                method, parts.path, query, authorization, time.time(), status,
+                method, parts.path, query, authorization, time.time(), status, dict(headers),
             ))
         return status, headers, body
 
