@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import httpx
@@ -31,11 +31,13 @@ import procrastinate
 import psycopg
 import psycopg_pool
 from procrastinate import job_context
+from procrastinate.manager import JobManager
 from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
 from runner import __version__, metrics, sdnotify, store
 from runner.executor import CompletionHook, Executor, StopReason
+from runner.http import MetricsServer, postgres_health_check
 from runner.registry import Registry, default_registry
 from runner.settings import Settings
 
@@ -43,15 +45,34 @@ logger = logging.getLogger("runner.daemon")
 
 _TRANSIENT = (OSError, TimeoutError, psycopg.OperationalError, psycopg_pool.PoolTimeout)
 _MAX_TRANSIENT_FAILURES = 12
+_CONTROL_POLL_SECONDS = 2.0
+_METRICS_REFRESH_SECONDS = 5.0
 
 QUEUE = "agent_runner"
 TASK_NAME = "agent_runner.attempt"
+
+
+class ClaimGate(JobManager):
+    """procrastinate's job manager with a switch: while paused, the worker finds no job.
+
+    `agent-runner pause` must stop claiming on every daemon while in-flight work
+    finishes; stopping the worker would instead abort in-flight work after the grace
+    period. Fetching nothing is exactly "stop claiming".
+    """
+
+    paused: bool = False
+
+    async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Any:
+        if self.paused:
+            return None
+        return await super().fetch_job(queues=queues, worker_id=worker_id)
 
 
 def build_app(executor_ref: Callable[[], Executor], stop_reason: Callable[[], StopReason | None]
               ) -> procrastinate.App:
     """A procrastinate app with the single task that runs one attempt."""
     app = procrastinate.App(connector=procrastinate.PsycopgConnector())
+    app.job_manager = ClaimGate(app.connector)
 
     @app.task(name=TASK_NAME, queue=QUEUE, pass_context=True)
     async def attempt(context: job_context.JobContext, task_id: str) -> str:
@@ -94,6 +115,8 @@ class Daemon:
         self.pool: AsyncConnectionPool | None = None
         self.executor: Executor | None = None
         self.worker: Worker | None = None
+        self.app: procrastinate.App | None = None
+        self.metrics_server: MetricsServer | None = None
 
     # -- signals -------------------------------------------------------------------------
 
@@ -103,6 +126,7 @@ class Daemon:
             logger.info("stop_requested", extra={"grace_seconds": self.settings.shutdown_grace})
             self.stopping = True
             sdnotify.stopping()
+            metrics.daemon_stopping()
             if self.worker is not None:
                 self.worker.stop()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
             self._stopped.set()
@@ -146,6 +170,33 @@ class Daemon:
         if rescued:
             metrics.rescued(len(rescued))
         return rescued
+
+    async def control_once(self) -> bool:
+        """Apply the cluster-wide pause switch; returns whether claiming is paused."""
+        assert self.pool is not None and self.app is not None
+        async with self.pool.connection() as conn:
+            paused = await store.claiming_paused(conn)
+        gate = self.app.job_manager
+        assert isinstance(gate, ClaimGate)
+        if paused != gate.paused:
+            gate.paused = paused
+            logger.info("claiming_paused" if paused else "claiming_resumed")
+            if not paused:
+                self._wake_worker_after(0)
+        return paused
+
+    async def _listen_control(self) -> None:
+        """Pause/resume reach every daemon at once through NOTIFY; ``control_once``
+        also runs every 2 s as the fallback for a missed notification."""
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            await conn.execute("LISTEN agent_runner_control")
+            await self.control_once()
+            gen = conn.notifies(timeout=_CONTROL_POLL_SECONDS)
+            while True:
+                async for _ in gen:
+                    break
+                await self.control_once()
+                gen = conn.notifies(timeout=_CONTROL_POLL_SECONDS)
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[Any]], name: str) -> None:
         """Run ``step`` every ``interval`` seconds. Connection trouble (Postgres
@@ -197,8 +248,11 @@ class Daemon:
                 daemon_id=self.id, on_completed=self.on_completed,
                 on_retry_scheduled=self._wake_worker_after,
             )
-            app = build_app(lambda: self._executor(), self._stop_reason)
+            app = self.app = build_app(lambda: self._executor(), self._stop_reason)
             await app.open_async(pool=pool)
+            host, port = settings.metrics_host_port
+            self.metrics_server = MetricsServer(postgres_health_check(pool), host=host, port=port)
+            await self.metrics_server.start()
             async with pool.connection() as conn:
                 await self._register(conn)
             self.worker = Worker(
@@ -216,6 +270,8 @@ class Daemon:
             )
             return await self._supervise(pool)
         finally:
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             await http.aclose()
             with contextlib.suppress(Exception):
                 async with pool.connection(timeout=5) as conn:
@@ -254,6 +310,11 @@ class Daemon:
             asyncio.create_task(
                 self._every(settings.heartbeat_interval, self.rescue_once, "rescuer"),
                 name="rescuer"),
+            asyncio.create_task(
+                self._every(_METRICS_REFRESH_SECONDS,
+                            lambda: metrics.refresh_task_counts(pool), "metrics_refresh"),
+                name="metrics_refresh"),
+            asyncio.create_task(self._listen_control(), name="control"),
         }
         for factory in self.extra_side_tasks:
             side.add(asyncio.create_task(factory(self), name=getattr(factory, "__name__", "side")))
@@ -261,9 +322,10 @@ class Daemon:
             self.worker.run(), name="worker")  # type: ignore[no-untyped-call]
         metrics.daemon_started(__version__)
         sdnotify.ready()
+        assert self.metrics_server is not None
         logger.info("daemon_started", extra={
             "daemon_id": str(self.id), "concurrency": settings.concurrency,
-            "poll_interval": settings.poll_interval})
+            "poll_interval": settings.poll_interval, "metrics_url": self.metrics_server.url})
         exit_code = 0
         done, _ = await asyncio.wait({worker_task, *side}, return_when=asyncio.FIRST_COMPLETED)
         if worker_task not in done:

@@ -295,6 +295,11 @@ async def heartbeat(conn: Conn, *, daemon_id: UUID, in_flight: int, stopping: bo
     return cur.rowcount == 1
 
 
+async def claiming_paused(conn: Conn) -> bool:
+    row = await (await conn.execute("SELECT paused FROM runner_control")).fetchone()
+    return bool(row and row[0])
+
+
 async def unregister_daemon(conn: Conn, daemon_id: UUID) -> None:
     await conn.execute("DELETE FROM runner_daemons WHERE id = %s", (daemon_id,))
 
