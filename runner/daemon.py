@@ -235,7 +235,7 @@ class Daemon:
                 loop.add_signal_handler(signum, self.request_stop)
         settings = self.settings
         pool = AsyncConnectionPool(
-            self.conninfo, min_size=2, max_size=settings.concurrency + 6, open=False,
+            self.conninfo, min_size=2, max_size=settings.pool_size, open=False,
             name="agent-runner",
         )
         await pool.open(wait=True, timeout=30)

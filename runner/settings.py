@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default="INFO", alias="RUNNER_LOG_LEVEL"
     )
 
+    # Connections per daemon. An attempt holds one only to claim, log and finish, never
+    # while the agent runs, so the pool need not grow with concurrency: by default
+    # min(concurrency, 10) + 5 (fetching, heartbeat, rescuer, metrics, cron).
+    db_pool_size: int | None = Field(default=None, ge=2, le=1000, alias="RUNNER_DB_POOL_SIZE")
+
     # How often a daemon proves it is alive, and how long without proof before
     # its running attempts are rescued by any other daemon.
     heartbeat_interval: float = Field(default=5.0, gt=0, le=3600, alias="RUNNER_HEARTBEAT_INTERVAL")
@@ -66,6 +71,10 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")) and "=" not in value:
             raise ValueError("expected a libpq URI (postgresql://...) or key=value string")
         return value
+
+    @property
+    def pool_size(self) -> int:
+        return self.db_pool_size or min(self.concurrency, 10) + 5
 
     @property
     def metrics_host_port(self) -> tuple[str, int]:
