@@ -13,6 +13,7 @@ from runner.api import Agent
 # agent_type -> "module:Class". Adding an agent means adding a line here.
 BUILTIN_AGENTS: Mapping[str, str] = {
     "noop": "agents.noop:NoopAgent",
+    "llm_agent": "agents.llm_agent:LLMAgent",
     "enrichment_agent": "agents.enrichment_agent:EnrichmentAgent",
 }
 
