@@ -37,8 +37,11 @@ class _Answer(BaseModel):
 
 
 class BuyingSignal(_Answer):
+    """Shaped like the entries of ``stream_items.buying_signals`` (``type``, ``strength``,
+    ``detail``); the caller adds the ``source``."""
+
     #: e.g. hiring, funding, expansion, new_product, tech_adoption, leadership_change
-    kind: str = Field(min_length=1, max_length=50)
+    type: str = Field(min_length=1, max_length=50)
     detail: str = Field(min_length=1, max_length=500)
     strength: Literal["low", "medium", "high"] = "medium"
 
@@ -57,8 +60,10 @@ class WebsiteSummary(_Answer):
     signals: list[BuyingSignal] = Field(default_factory=list, max_length=20)
 
 
-_SIGNAL_SHAPE = '{"kind": "hiring|funding|expansion|new_product|tech_adoption|other", ' \
+_SIGNAL_SHAPE = (
+    '{"type": "hiring|funding|expansion|new_product|tech_adoption|other", '
     '"detail": "...", "strength": "low|medium|high"}'
+)
 
 _QUALIFY_SYSTEM = f"""You qualify UK companies as sales prospects for a stated goal.
 You get the goal (criteria such as industry, location, employee count) and what is known

@@ -106,7 +106,7 @@ async def list_stream_items(
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             """
-            SELECT i.id AS item_id, i.quality_score, i.priority, i.position,
+            SELECT i.id AS item_id, i.quality_score, i.priority, i.position, i.qualified,
                    i.buying_signals AS item_buying_signals,
                    c.id AS company_id, c.company_number, c.name, c.post_town,
                    c.sic_codes, c.employee_estimate, c.website, c.industry_description

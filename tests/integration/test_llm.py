@@ -225,6 +225,56 @@ async def test_tool_errors_go_back_to_the_model(
     assert results[2]["content"] == "unknown tool 'delete_everything'"
 
 
+async def test_company_and_stream_read_tools(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    _add_company(conn)
+    conn.execute(
+        "INSERT INTO companies (company_number, name, post_town, sic_codes) VALUES "
+        "('SC123456', 'BRAVO_DATA LTD', 'Edinburgh', '{63110}'), "
+        "('02345678', 'CHARLIE 100% BAKERY LTD', 'Leeds', '{10710}')"
+    )
+    stream = conn.execute("INSERT INTO streams (name) VALUES ('s') RETURNING id").fetchone()
+    assert stream
+    conn.execute(
+        "INSERT INTO stream_items (stream_id, company_id, quality_score, priority, position) "
+        "SELECT %s, id, score, prio, pos FROM companies JOIN (VALUES "
+        "('01234567', 4.6, 'critical', 1), ('SC123456', 3.2, 'medium', 2), "
+        "('02345678', 1.0, 'low', 3)) AS v(number, score, prio, pos) "
+        "ON v.number = company_number", (stream[0],),
+    )
+    _llm_agent(conn, tools=("list_companies", "search_companies", "list_stream_items"),
+               max_steps=10)
+    api.enqueue(
+        tool_use("list_companies", {"limit": 2}),
+        tool_use("search_companies", {"post_town": "leeds", "sic_code": "62"}),
+        tool_use("search_companies", {"name": "100%"}),
+        tool_use("search_companies", {}),
+        tool_use("list_stream_items", {"stream_id": str(stream[0]), "min_quality_score": 3}),
+        text("Two strong prospects."),
+    )
+    task_id = _enqueue(conn)
+
+    assert await run_task_inline(pool, task_id, registry=_registry(),
+                                 settings=settings) is Outcome.COMPLETED
+
+    results = [_tool_results(request)[0] for request in api.message_requests()[1:]]
+    listed, by_town_and_sic, by_literal_name, unfiltered, items = results
+
+    def names(result: dict[str, Any], key: str = "companies") -> list[str]:
+        return [row["name"] for row in json.loads(result["content"])[key]]
+
+    assert names(listed) == ["ACME SOFTWARE LTD", "BRAVO_DATA LTD"]
+    assert names(by_town_and_sic) == ["ACME SOFTWARE LTD"]
+    # % and _ in a name are literal characters, not wildcards.
+    assert names(by_literal_name) == ["CHARLIE 100% BAKERY LTD"]
+    assert unfiltered["is_error"] and "at least one of name, sic_code, post_town" in \
+        unfiltered["content"]
+    scored = json.loads(items["content"])["items"]
+    assert [(i["name"], i["quality_score"], i["priority"]) for i in scored] == [
+        ("ACME SOFTWARE LTD", 4.6, "critical"), ("BRAVO_DATA LTD", 3.2, "medium")]
+
+
 async def test_max_steps_stops_the_loop_with_the_last_text(
     conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
 ) -> None:
@@ -545,7 +595,7 @@ async def test_qualify_company_parses_and_validates_the_answer(
     conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
 ) -> None:
     answer = {"qualified": True, "fit_score": 0.82, "reasons": ["Software, in Leeds"],
-              "buying_signals": [{"kind": "hiring", "detail": "45 staff and growing",
+              "buying_signals": [{"type": "hiring", "detail": "45 staff and growing",
                                   "strength": "high"}]}
     # The first answer is not valid (fit_score out of range): one correction turn.
     api.enqueue(text('{"qualified": true, "fit_score": 7}'),
@@ -582,7 +632,7 @@ async def test_summarise_website(
     conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
 ) -> None:
     answer = {"industry": "Software", "description": "ACME builds CRM software.",
-              "signals": [{"kind": "hiring", "detail": "Says it is hiring", "strength": "medium"}]}
+              "signals": [{"type": "hiring", "detail": "Says it is hiring", "strength": "medium"}]}
     api.enqueue(text(json.dumps(answer)))
     task_id = _judge(conn, "website")
     assert await run_task_inline(pool, task_id, registry=Registry([_JudgingAgent()]),
