@@ -1,0 +1,624 @@
+"""The cron scheduler every daemon runs: agents' ``schedule_cron`` -> scheduled tasks.
+
+Each daemon keeps an APScheduler ``AsyncIOScheduler`` with one job per active agent
+that has a schedule. Exactly one task per fire time across N daemons comes from the
+database, not from coordination between daemons: a fire is claimed by inserting
+(agent, fire time) into ``cron_fires`` and the task is enqueued only by the daemon
+whose insert won, in the same transaction (``runner_cron_fire``). So every daemon must
+name a fire the same way: by its scheduled time, which APScheduler's own job runner
+does not hand to the job; :class:`_FireTimeExecutor` does.
+
+Schedules are reloaded when ``ai_agents`` announces a change on
+``agent_runner_schedules`` (LISTEN on a dedicated autocommit connection), and every
+``reload_interval`` seconds as the fallback. A fire computed from a schedule that has
+changed since is refused by the database ("stale"), so an UPDATE takes effect at once
+for what is enqueued, and within a reload for when the next fires happen.
+
+Missed fires (no daemon running at the time): each (re)load compares the latest fire
+recorded for the agent with the schedule's previous fire time. With ``catchup="once"``
+(default) one task is enqueued for the whole missed period; with ``"skip"`` none, the
+schedule just carries on. A fire less than :data:`ON_TIME_GRACE` late counts as on
+time under both policies (a daemon restart, a busy event loop).
+
+The grammar (:func:`parse_cron`) has an SQL twin, ``runner_cron_problem``, that
+validates ``schedule_cron`` on write; tests/unit/test_cron_grammar.py runs one table
+of cases against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Literal
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import psycopg
+import psycopg_pool
+from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger
+from psycopg_pool import AsyncConnectionPool
+
+from runner import metrics, workflows
+
+if TYPE_CHECKING:
+    from runner.daemon import Daemon
+
+logger = logging.getLogger("runner.scheduler")
+
+CatchUp = Literal["once", "skip"]
+
+#: A fire this late or less is on time, whatever the catch-up policy.
+ON_TIME_GRACE: Final = dt.timedelta(seconds=60)
+#: Fires recorded in cron_fires are kept this long (the latest per agent is kept forever).
+FIRE_RETENTION: Final = dt.timedelta(days=7)
+_PRUNE_EVERY_SECONDS: Final = 600.0
+#: A burst of schedule changes (a script updating many agents) costs one reload.
+_DEBOUNCE_SECONDS: Final = 0.1
+#: Fires of one agent may overlap when the database is slow; each is its own claim.
+_MAX_CONCURRENT_FIRES: Final = 4
+_TRANSIENT = (OSError, TimeoutError, psycopg.OperationalError, psycopg_pool.PoolTimeout)
+_MAX_TRANSIENT_FAILURES: Final = 12
+_UTC = dt.UTC
+
+
+# =====================================================================================
+# The grammar (twin of runner_cron_problem in sql/0005_workflows.sql: keep them equal)
+# =====================================================================================
+
+_MONTH_NAMES: Final = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
+                       "NOV", "DEC")
+_DAY_NAMES: Final = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+# February counts 29 days: a 29th of February does happen.
+_MONTH_DAYS: Final = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] | None = None
+    #: the value of names[0]
+    name_base: int = 0
+
+
+_SECOND = _FieldSpec("second", 0, 59)
+_MINUTE = _FieldSpec("minute", 0, 59)
+_HOUR = _FieldSpec("hour", 0, 23)
+_DAY = _FieldSpec("day-of-month", 1, 31)
+_MONTH = _FieldSpec("month", 1, 12, _MONTH_NAMES, 1)
+_WEEKDAY = _FieldSpec("day-of-week", 0, 7, _DAY_NAMES, 0)
+
+_DIGITS = re.compile(r"[0-9]+")
+_NAME = re.compile(r"[A-Za-z]{3}")
+_RANGE = re.compile(r"[^-]+-[^-]+")
+_SINGLE = re.compile(r"[^-]+")
+_BLANKS = re.compile(r"[ \t]+")
+
+
+class CronError(ValueError):
+    """An invalid cron expression or time zone; ``detail`` is worded exactly as the
+    database words it."""
+
+    def __init__(self, expr: str, detail: str) -> None:
+        super().__init__(f'invalid cron expression "{expr}": {detail}')
+        self.expr = expr
+        self.detail = detail
+
+
+class _Problem(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CronFields:
+    """What an expression selects, in cron's own numbering (day-of-week 0 = Sunday;
+    7 is folded into 0)."""
+
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    #: Vixie cron: when both day fields are restricted (neither starts with "*"), a day
+    #: matching either fires; otherwise a day must match both.
+    days_or_weekdays: bool
+
+
+def _value(token: str, spec: _FieldSpec) -> int:
+    if _DIGITS.fullmatch(token):
+        # more than four digits is out of range whatever the field
+        value = int(token) if len(token) <= 4 else None
+        if value is None or not spec.low <= value <= spec.high:
+            raise _Problem(f"{token} is out of range {spec.low}-{spec.high}")
+        return value
+    if spec.names is not None and _NAME.fullmatch(token) and token.upper() in spec.names:
+        return spec.names.index(token.upper()) + spec.name_base
+    if spec.names is None:
+        raise _Problem(f'"{token}" is not a number')
+    if spec.name_base == 1:
+        raise _Problem(f'"{token}" is not a number or a month name (JAN-DEC)')
+    raise _Problem(f'"{token}" is not a number or a day name (SUN-SAT)')
+
+
+def _field(text: str, spec: _FieldSpec) -> frozenset[int]:
+    values: set[int] = set()
+    for item in text.split(","):
+        try:
+            values.update(_item(item, spec))
+        except _Problem as problem:
+            raise _Problem(f'{spec.name} field "{text}": {problem}') from None
+    return frozenset(values)
+
+
+def _item(item: str, spec: _FieldSpec) -> range | list[int]:
+    base, step_text = item, None
+    step = 1
+    if "/" in item:
+        base, step_text = item.split("/", 1)
+        if _DIGITS.fullmatch(step_text):
+            step = int(step_text) if len(step_text) <= 4 else spec.high + 1
+    if item == "":
+        raise _Problem("empty list item")
+    if step_text is not None and not _DIGITS.fullmatch(step_text):
+        raise _Problem(f'invalid step "{step_text}"')
+    if not 1 <= step <= spec.high:
+        raise _Problem(f"step {step_text} is out of range 1-{spec.high}")
+    if base == "*":
+        return range(spec.low, spec.high + 1, step)
+    if _RANGE.fullmatch(base):
+        low_text, high_text = base.split("-")
+        low = _value(low_text, spec)
+        high = _value(high_text, spec)
+        if low > high:
+            raise _Problem(f"range {base} is backwards")
+        return range(low, high + 1, step)
+    if _SINGLE.fullmatch(base):
+        if step_text is not None:
+            raise _Problem(f'a step needs "*" or a range before it, got "{item}"')
+        return [_value(base, spec)]
+    raise _Problem(f'invalid item "{item}"')
+
+
+def parse_cron_fields(expr: str) -> CronFields:
+    """Parse a 5-field (``m h dom mon dow``) or 6-field (seconds first) expression;
+    :class:`CronError` names the bad field."""
+    trimmed = expr.strip(" \t")
+    if trimmed == "":
+        raise CronError(expr, "the expression is empty (set schedule_cron to NULL for no schedule)")
+    parts = _BLANKS.split(trimmed)
+    if len(parts) == 5:
+        parts.insert(0, "0")
+    elif len(parts) != 6:
+        raise CronError(
+            expr,
+            "expected 5 fields (minute hour day-of-month month day-of-week) "
+            f"or 6 with seconds first, got {len(parts)}",
+        )
+    try:
+        seconds = _field(parts[0], _SECOND)
+        minutes = _field(parts[1], _MINUTE)
+        hours = _field(parts[2], _HOUR)
+        days = _field(parts[3], _DAY)
+        months = _field(parts[4], _MONTH)
+        weekdays = frozenset(day % 7 for day in _field(parts[5], _WEEKDAY))
+    except _Problem as problem:
+        raise CronError(expr, str(problem)) from None
+    days_or_weekdays = not parts[3].startswith("*") and not parts[5].startswith("*")
+    # When days are ANDed with weekdays, some selected day must exist in some selected
+    # month; any such date falls on every weekday over the years.
+    if not days_or_weekdays and not any(
+        day <= _MONTH_DAYS[month - 1] for day in days for month in months
+    ):
+        raise CronError(expr, f'day-of-month "{parts[3]}" never occurs in month "{parts[4]}"')
+    return CronFields(seconds, minutes, hours, days, months, weekdays, days_or_weekdays)
+
+
+def cron_problem(expr: str | None) -> str | None:
+    """What is wrong with ``expr`` (worded as ``runner_cron_problem`` words it), or None."""
+    if expr is None:
+        return None
+    try:
+        parse_cron_fields(expr)
+    except CronError as exc:
+        return exc.detail
+    return None
+
+
+def _spec(values: frozenset[int], full: range) -> str:
+    if values >= frozenset(full):
+        return "*"
+    return ",".join(str(value) for value in sorted(values))
+
+
+def parse_cron(expr: str, tz: str) -> CronTrigger | OrTrigger:
+    """An APScheduler trigger firing exactly when the cron expression does, in ``tz``.
+
+    Each field is handed to APScheduler as an explicit list of values, so none of
+    APScheduler's own cron dialect leaks in. Two translations matter:
+    APScheduler numbers weekdays from Monday = 0 (cron: Sunday = 0), and it ANDs
+    day-of-month with day-of-week where cron ORs them when both are restricted (an
+    ``OrTrigger`` of one trigger per day field does that).
+    """
+    fields = parse_cron_fields(expr)
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CronError(expr, f'unknown time zone "{tz}"') from None
+    # cron 0 (Sunday) .. 6 (Saturday) -> APScheduler 0 (Monday) .. 6 (Sunday)
+    weekdays = frozenset((day + 6) % 7 for day in fields.weekdays)
+    common = {
+        "second": _spec(fields.seconds, range(0, 60)),
+        "minute": _spec(fields.minutes, range(0, 60)),
+        "hour": _spec(fields.hours, range(0, 24)),
+        "month": _spec(fields.months, range(1, 13)),
+        "timezone": zone,
+    }
+    day = _spec(fields.days, range(1, 32))
+    day_of_week = _spec(weekdays, range(0, 7))
+    if fields.days_or_weekdays:
+        return OrTrigger([
+            CronTrigger(day=day, day_of_week="*", **common),
+            CronTrigger(day="*", day_of_week=day_of_week, **common),
+        ])
+    return CronTrigger(day=day, day_of_week=day_of_week, **common)
+
+
+def latest_fire_time(
+    trigger: CronTrigger | OrTrigger, now: dt.datetime, *, after: dt.datetime
+) -> dt.datetime | None:
+    """The trigger's last fire time in (after, now], or None.
+
+    APScheduler 3 only computes forwards; look back over a window that doubles until
+    it holds a fire (or reaches ``after``), then walk forwards to the last one. A few
+    dozen steps even for a yearly schedule after years of downtime.
+    """
+    if now <= after:
+        return None
+    tick = dt.timedelta(microseconds=1)
+    window = dt.timedelta(seconds=1)
+    while True:
+        start = max(now - window, after + tick)
+        first = trigger.get_next_fire_time(None, start)
+        if first is not None and first <= now:
+            latest: dt.datetime = first
+            while True:
+                following = trigger.get_next_fire_time(None, latest + tick)
+                if following is None or following > now:
+                    return latest
+                latest = following
+        if start <= after + tick:
+            return None
+        window *= 2
+
+
+# =====================================================================================
+# The scheduler
+# =====================================================================================
+
+
+class _FireTimeExecutor(AsyncIOExecutor):  # type: ignore[misc]  # apscheduler is untyped
+    """Runs each fire with its scheduled time as ``fire_time``.
+
+    APScheduler's ``run_coroutine_job`` calls the job without the time it was scheduled
+    for, and the dedup key needs exactly that time. Jobs coalesce, so ``run_times`` holds
+    the latest due time only (a backlog after a stall fires once).
+    """
+
+    def _do_submit_job(self, job: Any, run_times: list[dt.datetime]) -> None:
+        task = self._eventloop.create_task(
+            job.func(*job.args, fire_time=run_times[-1], **job.kwargs)
+        )
+        self._pending_futures.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._pending_futures.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                error = finished.exception()
+                self._run_job_error(job.id, error, error.__traceback__ if error else None)
+            else:
+                self._run_job_success(job.id, [])
+
+        task.add_done_callback(done)
+
+    def in_flight(self) -> set[asyncio.Task[None]]:
+        return {task for task in self._pending_futures if not task.done()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Loaded:
+    row: workflows.ScheduleRow
+    trigger: CronTrigger | OrTrigger
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.row.schedule_cron, self.row.schedule_timezone
+
+
+class CronScheduler:
+    """One daemon's scheduler. ``reload`` is its ``run_once``; ``run`` is the side task."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        daemon_id: UUID | None = None,
+        catchup: CatchUp = "once",
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(_UTC),
+    ) -> None:
+        if catchup not in ("once", "skip"):
+            raise ValueError(f"catchup must be 'once' or 'skip', got {catchup!r}")
+        self._pool = pool
+        self._daemon_id = daemon_id
+        self._catchup: CatchUp = catchup
+        self._clock = clock
+        self._executor = _FireTimeExecutor()
+        self._scheduler = AsyncIOScheduler(
+            timezone=_UTC,
+            executors={"default": self._executor},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": _MAX_CONCURRENT_FIRES,
+                # Lateness is judged in _on_fire (catch-up policy), not by APScheduler.
+                "misfire_grace_time": None,
+            },
+        )
+        self._loaded: dict[UUID, _Loaded] = {}
+        self._reported_invalid: set[tuple[UUID, str, str]] = set()
+        self._reported_skipped: set[tuple[UUID, dt.datetime]] = set()
+        self._fatal: BaseException | None = None
+        self._last_prune = 0.0
+        #: outcomes of this scheduler's fire attempts (tests and logs)
+        self.outcomes: Counter[str] = Counter()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._scheduler.running:
+            self._scheduler.start()
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Stop firing; let fires already claiming finish (each is one short transaction)."""
+        if self._scheduler.running:
+            self._scheduler.pause()
+        in_flight = self._executor.in_flight() if self._scheduler.running else set()
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=grace)
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+            # AsyncIOScheduler shuts down in a loop callback; let it run.
+            await asyncio.sleep(0)
+        self._loaded.clear()
+
+    @property
+    def agent_ids(self) -> set[UUID]:
+        return set(self._loaded)
+
+    def next_fire_time(self, agent_id: UUID) -> dt.datetime | None:
+        job = self._scheduler.get_job(str(agent_id))
+        return job.next_run_time if job is not None else None
+
+    # -- run_once ------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """Bring the jobs in line with the database, then catch up missed fires."""
+        async with self._pool.connection() as conn:
+            rows = await workflows.load_schedules(conn)
+            if time.monotonic() - self._last_prune > _PRUNE_EVERY_SECONDS:
+                self._last_prune = time.monotonic()
+                await workflows.prune_cron_fires(conn, older_than=FIRE_RETENTION)
+        wanted: dict[UUID, _Loaded] = {}
+        for row in rows:
+            current = self._loaded.get(row.agent_id)
+            if current is not None and current.key == (row.schedule_cron, row.schedule_timezone):
+                wanted[row.agent_id] = _Loaded(row, current.trigger)
+                continue
+            try:
+                trigger = parse_cron(row.schedule_cron, row.schedule_timezone)
+            except CronError as exc:
+                # Only rows written before validation existed can get here; say so once.
+                seen = (row.agent_id, row.schedule_cron, row.schedule_timezone)
+                if seen not in self._reported_invalid:
+                    self._reported_invalid.add(seen)
+                    logger.error("cron_schedule_invalid", extra={
+                        "agent_id": str(row.agent_id), "agent": row.name, "error": str(exc)})
+                continue
+            wanted[row.agent_id] = _Loaded(row, trigger)
+        for agent_id in self._loaded.keys() - wanted.keys():
+            self._scheduler.remove_job(str(agent_id))
+            logger.info("cron_schedule_removed", extra={"agent_id": str(agent_id)})
+        for agent_id, loaded in wanted.items():
+            current = self._loaded.get(agent_id)
+            if current is None or current.key != loaded.key:
+                job = self._scheduler.add_job(
+                    self._on_fire, loaded.trigger, args=[agent_id], id=str(agent_id),
+                    name=f"cron:{loaded.row.name}", replace_existing=True,
+                )
+                logger.info("cron_schedule_loaded", extra={
+                    "agent_id": str(agent_id), "agent": loaded.row.name,
+                    "schedule_cron": loaded.row.schedule_cron,
+                    "schedule_timezone": loaded.row.schedule_timezone,
+                    "next_fire_time": str(job.next_run_time)})
+        self._loaded = wanted
+        for loaded in list(wanted.values()):
+            await self._catch_up(loaded)
+
+    async def _catch_up(self, loaded: _Loaded) -> None:
+        row = loaded.row
+        since = row.schedule_changed_at
+        if row.last_fire_time is not None and row.last_fire_time > since:
+            since = row.last_fire_time
+        now = self._clock()
+        missed = latest_fire_time(loaded.trigger, now, after=since)
+        if missed is None:
+            return
+        if now - missed > ON_TIME_GRACE and self._catchup == "skip":
+            if (row.agent_id, missed) not in self._reported_skipped:
+                self._reported_skipped.add((row.agent_id, missed))
+                logger.info("cron_missed_fire_skipped", extra={
+                    "agent_id": str(row.agent_id), "fire_time": missed.isoformat()})
+            return
+        # Often a fire another daemon (or this one) is claiming right now: the claim
+        # resolves it, one task either way.
+        result = await self._fire(loaded, missed)
+        if result is not None and result.outcome == "enqueued" and now - missed > ON_TIME_GRACE:
+            logger.info("cron_missed_fire_caught_up", extra={
+                "agent_id": str(row.agent_id), "fire_time": missed.isoformat(),
+                "task_id": str(result.task_id)})
+
+    # -- fires ---------------------------------------------------------------------------
+
+    async def _on_fire(self, agent_id: UUID, *, fire_time: dt.datetime | None = None) -> None:
+        """A job's fire, from APScheduler (with the scheduled time, see the executor;
+        the default only keeps APScheduler's signature check at add_job quiet)."""
+        try:
+            if fire_time is None:
+                raise RuntimeError("cron fire without its scheduled time")
+            loaded = self._loaded.get(agent_id)
+            if loaded is None:
+                return
+            late = self._clock() - fire_time
+            if late > ON_TIME_GRACE and self._catchup == "skip":
+                logger.info("cron_late_fire_skipped", extra={
+                    "agent_id": str(agent_id), "fire_time": fire_time.isoformat(),
+                    "late_seconds": late.total_seconds()})
+                return
+            await self._fire(loaded, fire_time)
+        except Exception as exc:
+            # A bug, not a database problem (those are handled in _fire): stop the
+            # daemon loudly through run().
+            logger.exception("cron_fire_crashed", extra={"agent_id": str(agent_id)})
+            self._fatal = exc
+
+    async def _fire(self, loaded: _Loaded, fire_time: dt.datetime) -> workflows.FireResult | None:
+        """Claim the fire; enqueue its task if this daemon won. Database trouble loses
+        only this attempt: the next reload catches the fire up (policy "once")."""
+        row = loaded.row
+        try:
+            async with self._pool.connection() as conn:
+                result = await workflows.record_cron_fire(
+                    conn, agent_id=row.agent_id, fire_time=fire_time,
+                    schedule_cron=row.schedule_cron, schedule_timezone=row.schedule_timezone,
+                    daemon_id=self._daemon_id,
+                )
+        except _TRANSIENT as exc:
+            self.outcomes["error"] += 1
+            logger.warning("cron_fire_failed", extra={
+                "agent_id": str(row.agent_id), "fire_time": fire_time.isoformat(),
+                "error": str(exc)})
+            return None
+        except psycopg.Error as exc:
+            # Bad data on one agent (e.g. a payload the queue refuses) must not stop
+            # every other schedule.
+            self.outcomes["error"] += 1
+            logger.error("cron_fire_refused", extra={
+                "agent_id": str(row.agent_id), "fire_time": fire_time.isoformat(),
+                "error": str(exc)})
+            return None
+        self.outcomes[result.outcome] += 1
+        if result.outcome == "enqueued":
+            metrics.cron_fired(result.agent_type or row.agent_type)
+            logger.info("cron_fired", extra={
+                "agent_id": str(row.agent_id), "agent": row.name,
+                "fire_time": fire_time.isoformat(), "task_id": str(result.task_id)})
+        elif result.outcome != "duplicate":
+            logger.info("cron_fire_dropped", extra={
+                "agent_id": str(row.agent_id), "fire_time": fire_time.isoformat(),
+                "outcome": result.outcome})
+        return result
+
+    # -- the side task -------------------------------------------------------------------
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise RuntimeError("a cron fire crashed") from self._fatal
+
+    async def run(self, conninfo: str, *, reload_interval: float = 5.0) -> None:
+        """Schedule until cancelled. Connection trouble is retried with backoff for a
+        while; after that, or on a bug, this raises (and the daemon stops loudly)."""
+        self.start()
+        failures = 0
+        try:
+            while True:
+                try:
+                    async with await psycopg.AsyncConnection.connect(
+                        conninfo, autocommit=True
+                    ) as listen:
+                        await listen.execute(f"LISTEN {workflows.SCHEDULES_CHANNEL}")
+                        # Whatever changed while nobody listened is picked up here.
+                        await self.reload()
+                        failures = 0
+                        while True:
+                            self._raise_if_fatal()
+                            await _wait_for_notification(listen, reload_interval)
+                            self._raise_if_fatal()
+                            await self.reload()
+                except _TRANSIENT as exc:
+                    failures += 1
+                    logger.warning("cron_scheduler_connection_failed", extra={
+                        "error": str(exc), "failures": failures})
+                    if failures >= _MAX_TRANSIENT_FAILURES:
+                        raise
+                    await asyncio.sleep(min(30.0, 0.25 * 2**failures))
+        finally:
+            await self.close()
+
+
+async def _wait_for_notification(listen: psycopg.AsyncConnection[Any], within: float) -> None:
+    """Return on the first notification (after a short debounce) or after ``within`` seconds.
+
+    The generators run to their end (stop_after / timeout) rather than being broken
+    out of: an abandoned ``notifies()`` generator keeps the connection's lock.
+    """
+    received = 0
+    async for _ in listen.notifies(timeout=within, stop_after=1):
+        received += 1
+    if received:
+        async for _ in listen.notifies(timeout=_DEBOUNCE_SECONDS):
+            pass
+
+
+# =====================================================================================
+# Daemon wiring
+# =====================================================================================
+
+
+_DEFAULT_CATCHUP: Final[CatchUp] = "once"
+_DEFAULT_RELOAD_INTERVAL: Final = 5.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulerOptions:
+    catchup: CatchUp = _DEFAULT_CATCHUP
+    reload_interval: float = _DEFAULT_RELOAD_INTERVAL
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SchedulerOptions:
+        """``RUNNER_CRON_CATCHUP`` / ``RUNNER_CRON_RELOAD_INTERVAL`` once Settings has
+        them (``cron_catchup`` / ``cron_reload_interval``); the defaults until then."""
+        catchup = getattr(settings, "cron_catchup", _DEFAULT_CATCHUP)
+        reload_interval = float(getattr(settings, "cron_reload_interval", _DEFAULT_RELOAD_INTERVAL))
+        if catchup not in ("once", "skip"):
+            raise ValueError(f"RUNNER_CRON_CATCHUP must be 'once' or 'skip', got {catchup!r}")
+        if not 0 < reload_interval <= 3600:
+            raise ValueError(
+                f"RUNNER_CRON_RELOAD_INTERVAL must be in (0, 3600], got {reload_interval}")
+        return cls(catchup=catchup, reload_interval=reload_interval)
+
+
+async def scheduler_side_task(daemon: Daemon) -> None:
+    """The cron scheduler for the daemon's life (``Daemon(extra_side_tasks=[...])``)."""
+    assert daemon.pool is not None, "the daemon's pool opens before its side tasks start"
+    options = SchedulerOptions.from_settings(daemon.settings)
+    scheduler = CronScheduler(daemon.pool, daemon_id=daemon.id, catchup=options.catchup)
+    await scheduler.run(daemon.conninfo, reload_interval=options.reload_interval)
