@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Protocol, TypeVar, cast
 
 import anthropic
+from anthropic.resources.messages import DEPRECATED_MODELS
 from anthropic.types import (
     ContentBlockParam,
     Message,
@@ -98,8 +99,10 @@ class RetryPolicy:
 
     #: Longest single wait for a 429's ``retry-after``.
     rate_limit_max_wait: float = 60.0
-    #: Total 429 waiting per call before giving the task back to the retry machinery.
-    rate_limit_budget: float = 300.0
+    #: Total 429 waiting per call before giving the task back to the retry machinery
+    #: (below the default agent timeout of 300 s, so the wait ends as a retry with a
+    #: delay rather than as a timeout).
+    rate_limit_budget: float = 120.0
     #: Wait for a 429 that names no ``retry-after``.
     rate_limit_default_wait: float = 10.0
     #: Retries of 529 / 5xx / connection errors per call before ``RetryLater``.
@@ -214,7 +217,8 @@ class LLMSession:
             client if client is not None else build_client(ctx.settings, policy=self._policy)
         )
         self._prices = prices or load_price_table()
-        self._ceiling_logged: set[str] = set()
+        # (reason, model) pairs already logged: one warning per attempt is enough.
+        self._warned: set[tuple[str, str]] = set()
 
     async def __aenter__(self) -> LLMSession:
         return self
@@ -247,6 +251,14 @@ class LLMSession:
         if stream is None:
             stream = max_tokens > STREAM_ABOVE_MAX_TOKENS
         params = _request_params(model, max_tokens, messages, system, tools)
+        if model in DEPRECATED_MODELS:
+            # The SDK's DeprecationWarning is hidden by Python's default filters in a
+            # daemon; the task log is where an operator will see it.
+            await self._warn_once(
+                "deprecated", model,
+                f"model {model!r} is deprecated by Anthropic and reaches end of life on "
+                f"{DEPRECATED_MODELS[model]}; set ai_agents.model to a current model",
+            )
         waited_for_rate_limit = 0.0
         transient_failures = 0
         while True:
@@ -334,13 +346,17 @@ class LLMSession:
             duration_ms=duration_ms,
             request_id=request_id,
         ))
-        if price.priced_as is None and billed_model not in self._ceiling_logged:
-            self._ceiling_logged.add(billed_model)
-            await self._ctx.log(
+        if price.priced_as is None:
+            await self._warn_once(
+                "unpriced", billed_model,
                 f"model {billed_model!r} is not in the price table {self._prices.version}; "
                 "its calls are priced at the table's highest rates",
-                level="warning", model=billed_model, price_version=price.price_version,
             )
+
+    async def _warn_once(self, reason: str, model: str, message: str) -> None:
+        if (reason, model) not in self._warned:
+            self._warned.add((reason, model))
+            await self._ctx.log(message, level="warning", model=model)
 
 
 def _request_params(

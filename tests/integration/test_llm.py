@@ -555,6 +555,22 @@ async def test_unknown_model_is_priced_at_the_ceiling_and_flagged(
     assert warning and "not in the price table" in warning[0]
 
 
+async def test_deprecated_model_is_flagged_in_the_task_log(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    # The schema's default model; anthropic 2.10.0 lists it as deprecated.
+    _llm_agent(conn, tools=(), model="claude-sonnet-4-5")
+    api.enqueue(text("Hello."))
+    task_id = _enqueue(conn)
+    with pytest.warns(DeprecationWarning, match="claude-sonnet-4-5"):
+        outcome = await run_task_inline(pool, task_id, registry=_registry(), settings=settings)
+    assert outcome is Outcome.COMPLETED
+    warning = conn.execute(
+        "SELECT message FROM agent_task_logs WHERE task_id = %s AND log_type = 'warning'",
+        (task_id,)).fetchone()
+    assert warning and "deprecated by Anthropic and reaches end of life" in warning[0]
+
+
 # Helpers for the business agents ---------------------------------------------------------
 
 
