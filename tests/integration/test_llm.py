@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, ClassVar
 
+import anthropic
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
-from agents.llm import RetryPolicy
+from agents.llm import RetryPolicy, text_of
 from agents.llm_agent import LLMAgent
 from agents.llm_judgements import qualify_company, summarise_website
 from agents.prices import CEILING_SUFFIX, load_price_table
@@ -26,6 +27,7 @@ from tests.harness import run_task_inline, test_settings
 from tests.standins.anthropic_api import (
     AnthropicStandIn,
     RecordedRequest,
+    Reply,
     api_key_of,
     error,
     stream_error,
@@ -656,3 +658,21 @@ async def test_summarise_website(
     assert _task(conn, task_id)[2] == answer
     [request] = api.message_requests()
     assert request.body["messages"][0]["content"].startswith("Website text:\nACME builds")
+
+
+# The stand-in itself (what the benchmark relies on) --------------------------------------
+
+
+async def test_standin_latency_and_default_reply() -> None:
+    def echo(body: dict[str, Any]) -> Reply:
+        return text(f"echo: {body['messages'][-1]['content']}")
+
+    with AnthropicStandIn(latency=0.3, default=echo) as standin:
+        async with anthropic.AsyncAnthropic(api_key="k", base_url=standin.url,
+                                            max_retries=0) as client:
+            began = time.monotonic()
+            message = await client.messages.create(
+                model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "ping"}])
+            assert time.monotonic() - began >= 0.3
+    assert text_of(message) == "echo: ping"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
