@@ -39,7 +39,7 @@ CREATE TABLE ai_agents (
     schedule_timezone text NOT NULL DEFAULT 'UTC',
     is_active boolean NOT NULL DEFAULT true,
     -- seed 002: an agent is defined by its row
-    model text NOT NULL DEFAULT 'claude-sonnet-4-5',
+    model text NOT NULL DEFAULT 'claude-sonnet-4-6',
     instructions_prompt text NOT NULL DEFAULT '',
     tool_names text[] NOT NULL DEFAULT '{}',
     max_agent_steps integer NOT NULL DEFAULT 10 CHECK (max_agent_steps BETWEEN 1 AND 1000),
