@@ -217,7 +217,7 @@ def _matches(fields: CronFields, moment: dt.datetime) -> bool:
 
 def _brute_force(fields: CronFields, start: dt.datetime, count: int, step: dt.timedelta,
                  limit: dt.datetime) -> list[dt.datetime]:
-    found = []
+    found: list[dt.datetime] = []
     moment = start
     while len(found) < count and moment < limit:
         if _matches(fields, moment):
@@ -261,7 +261,7 @@ def test_weekday_numbers_are_crons_not_apschedulers() -> None:
 
 
 def test_day_of_month_and_weekday_are_ored_when_both_restricted() -> None:
-    fires = []
+    fires: list[int] = []
     moment = dt.datetime(2026, 11, 1, tzinfo=UTC)
     trigger = parse_cron("0 0 13 * FRI", "UTC")
     while len(fires) < 6:
