@@ -109,6 +109,7 @@ def daemon_env(db_url: str, **overrides: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
     env.update(overrides)
     return env
 

@@ -201,3 +201,33 @@ def test_bad_input_is_refused_and_the_daemon_keeps_running(db_url: str, tmp_path
         wait_until(lambda: _status(db_url, ok.stdout.strip()) == "completed", message="ok task")
         assert daemon.proc.poll() is None
     assert query(db_url, "SELECT retry_count FROM agent_tasks WHERE id = %s", (task_id,))[0][0] == 0
+
+
+def test_systemd_notifications(db_url: str, tmp_path: Path) -> None:
+    """READY=1 after start-up, WATCHDOG=1 while healthy, STOPPING=1 on SIGTERM."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    receiver.settimeout(0.2)
+    messages: list[str] = []
+
+    def received(state: str) -> bool:
+        try:
+            while True:
+                messages.append(receiver.recv(4096).decode())
+        except TimeoutError:
+            pass
+        return any(state in message.split("\n") for message in messages)
+
+    try:
+        with daemons(db_url, tmp_path / "d", NOTIFY_SOCKET=str(path),
+                     WATCHDOG_USEC="2000000") as (daemon,):
+            wait_until(lambda: received("READY=1"), message="READY=1")
+            wait_until(lambda: received("WATCHDOG=1"), message="WATCHDOG=1")
+            daemon.signal(signal.SIGTERM)
+            wait_until(lambda: received("STOPPING=1"), message="STOPPING=1")
+            assert daemon.wait(timeout=15) == 0
+    finally:
+        receiver.close()
