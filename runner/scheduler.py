@@ -500,6 +500,12 @@ class CronScheduler:
             logger.exception("cron_fire_crashed", extra={"agent_id": str(agent_id)})
             self._fatal = exc
 
+    async def fire(self, agent_id: UUID, fire_time: dt.datetime) -> workflows.FireResult | None:
+        """Claim one fire of a loaded schedule now, as its job would (tests, tools).
+        ``None`` when the agent has no loaded schedule or the database failed."""
+        loaded = self._loaded.get(agent_id)
+        return None if loaded is None else await self._fire(loaded, fire_time)
+
     async def _fire(self, loaded: _Loaded, fire_time: dt.datetime) -> workflows.FireResult | None:
         """Claim the fire; enqueue its task if this daemon won. Database trouble loses
         only this attempt: the next reload catches the fire up (policy "once")."""
