@@ -11,11 +11,13 @@ those lines into its summary table, so the human-readable lines above are free t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -244,6 +246,74 @@ def backend_cpu_seconds(db_url: str) -> float:
         with contextlib.suppress(OSError):  # a backend that just exited
             total += cpu_seconds(pid)
     return total
+
+
+# -- profiling ------------------------------------------------------------------------
+
+
+def py_spy_path() -> str | None:
+    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+
+
+def start_py_spy(pid: int, out: Path) -> Subprocess:
+    spy = py_spy_path()
+    assert spy is not None
+    return Subprocess([spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+                          "--output", str(out), "--nonblocking"],
+                         dict(os.environ), out.name + ".log")
+
+
+def _frame(text: str) -> tuple[str, str]:
+    """``"func (path/file.py:12)"`` -> ``("func", "path/file.py")``."""
+    name, _, where = text.partition(" (")
+    return name, where.rsplit(":", 1)[0].rstrip(")")
+
+
+def _library(path: str) -> str:
+    top = path.split("/")[0]
+    if path.startswith("<frozen"):
+        return "importlib"
+    return top.removesuffix(".py")
+
+
+def summarise_profile(path: Path) -> list[str]:
+    """Where the daemon's samples go, from py-spy's collapsed stacks, two ways:
+
+    * by the innermost runner/agents function on the stack (which step of an attempt
+      the time belongs to, whatever library it ends up in);
+    * by the library of the innermost frame (self time: psycopg, logging, asyncio ...).
+    """
+    by_step: collections.Counter[str] = collections.Counter()
+    by_library: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit() or not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_frame(text) for text in stack.split(";")]
+        # Only frames run by the event loop count as a step: below them every sample
+        # passes through cli.cmd_run / asyncio.run.
+        callbacks = [i for i, (name, _) in enumerate(frames) if name == "Handle._run"]
+        in_loop = frames[callbacks[-1] + 1:] if callbacks else []
+        if frames[-1][1].startswith("selectors"):
+            step = "(idle: the event loop waits in epoll for Postgres)"
+        else:
+            step = "(procrastinate's worker loop, asyncio, other)"
+        for name, where in reversed(in_loop):
+            if where.startswith(("runner/", "agents/")):
+                step = f"{name} ({where})"
+                break
+        by_step[step] += count
+        by_library[_library(frames[-1][1])] += count
+    if not total:
+        return ["(no samples)"]
+    lines = [f"{total} samples while draining; by innermost runner/agents function:"]
+    lines += [f"  {100 * n / total:5.1f}%  {step}" for step, n in by_step.most_common(15)]
+    lines.append("by library of the innermost frame (self time):")
+    lines += [f"  {100 * n / total:5.1f}%  {lib}" for lib, n in by_library.most_common(10)]
+    return lines
 
 
 # -- statistics and reporting -------------------------------------------------------

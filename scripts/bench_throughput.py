@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import os
-import shutil
 import signal
 import sys
 import time
@@ -147,7 +145,7 @@ def run_side(url: str, side: str, tasks: int, concurrency: int, pool_size: int,
         if profile_out is not None:
             # Attach once the daemon is up, so the profile shows draining, not imports.
             bc.wait_for_daemon(url, worker)
-            spy = start_py_spy(worker.pid, profile_out)
+            spy = bc.start_py_spy(worker.pid, profile_out)
         bc.wait_until(
             lambda: bc.scalar(url, "SELECT count(*) FROM procrastinate_jobs WHERE queue_name = %s "
                                    "AND status IN ('todo', 'doing')", [queue]) == 0,
@@ -178,74 +176,6 @@ def run_side(url: str, side: str, tasks: int, concurrency: int, pool_size: int,
     xacts_after, syncs_after = db_counters(url)
     return Run(side, tasks, float(seconds), wall, worker_cpu, backend_cpu,
                xacts_after - xacts_before, syncs_after - syncs_before)
-
-
-# -- profiling ------------------------------------------------------------------------
-
-
-def py_spy_path() -> str | None:
-    return os.environ.get("PY_SPY") or shutil.which("py-spy")
-
-
-def start_py_spy(pid: int, out: Path) -> bc.Subprocess:
-    spy = py_spy_path()
-    assert spy is not None
-    return bc.Subprocess([spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-                          "--output", str(out), "--nonblocking"],
-                         dict(os.environ), out.name + ".log")
-
-
-def _frame(text: str) -> tuple[str, str]:
-    """``"func (path/file.py:12)"`` -> ``("func", "path/file.py")``."""
-    name, _, where = text.partition(" (")
-    return name, where.rsplit(":", 1)[0].rstrip(")")
-
-
-def _library(path: str) -> str:
-    top = path.split("/")[0]
-    if path.startswith("<frozen"):
-        return "importlib"
-    return top.removesuffix(".py")
-
-
-def summarise_profile(path: Path) -> list[str]:
-    """Where the daemon's samples go, from py-spy's collapsed stacks, two ways:
-
-    * by the innermost runner/agents function on the stack (which step of an attempt
-      the time belongs to, whatever library it ends up in);
-    * by the library of the innermost frame (self time: psycopg, logging, asyncio ...).
-    """
-    by_step: collections.Counter[str] = collections.Counter()
-    by_library: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit() or not stack:
-            continue
-        count = int(count_text)
-        total += count
-        frames = [_frame(text) for text in stack.split(";")]
-        # Only frames run by the event loop count as a step: below them every sample
-        # passes through cli.cmd_run / asyncio.run.
-        callbacks = [i for i, (name, _) in enumerate(frames) if name == "Handle._run"]
-        in_loop = frames[callbacks[-1] + 1:] if callbacks else []
-        if frames[-1][1].startswith("selectors"):
-            step = "(idle: the event loop waits in epoll for Postgres)"
-        else:
-            step = "(procrastinate's worker loop, asyncio, other)"
-        for name, where in reversed(in_loop):
-            if where.startswith(("runner/", "agents/")):
-                step = f"{name} ({where})"
-                break
-        by_step[step] += count
-        by_library[_library(frames[-1][1])] += count
-    if not total:
-        return ["(no samples)"]
-    lines = [f"{total} samples while draining; by innermost runner/agents function:"]
-    lines += [f"  {100 * n / total:5.1f}%  {step}" for step, n in by_step.most_common(15)]
-    lines.append("by library of the innermost frame (self time):")
-    lines += [f"  {100 * n / total:5.1f}%  {lib}" for lib, n in by_library.most_common(10)]
-    return lines
 
 
 # -- main -----------------------------------------------------------------------------
@@ -292,7 +222,7 @@ def main() -> int:
                       f"{run.xacts / run.jobs:.2f} commits/job, "
                       f"{run.wal_syncs / run.jobs:.2f} WAL flushes/job)", flush=True)
         if args.profile:
-            if py_spy_path() is None:
+            if bc.py_spy_path() is None:
                 profile_lines = ["(py-spy not found: set PY_SPY or put it on PATH)"]
             else:
                 out = bc.OUT_DIR / "throughput-profile.txt"
@@ -300,7 +230,7 @@ def main() -> int:
                                len(runs) + 100, profile_out=out)
                 time.sleep(1)
                 profile_lines = [f"profiled run: {run.rate:.1f} jobs/s (under py-spy)",
-                                 *summarise_profile(out)]
+                                 *bc.summarise_profile(out)]
 
     def med(side: str, attribute: str) -> float:
         return bc.median([getattr(r, attribute) for r in runs if r.side == side])
