@@ -40,6 +40,9 @@ ADMIN_URL = os.environ.get(
 )
 #: Logs of the daemons a benchmark starts (git-ignored), kept for post-mortems.
 OUT_DIR = REPO / "scripts" / "out"
+#: The checkout whose daemon is measured: this one, or another one named by
+#: ``BENCH_CHECKOUT`` (a worktree with a candidate change) to compare the two.
+CHECKOUT = Path(os.environ.get("BENCH_CHECKOUT") or REPO).resolve()
 
 
 # -- scratch databases ---------------------------------------------------------------
@@ -127,13 +130,14 @@ class Subprocess:
     ``stop`` signals only this child (by pid), waits, and escalates to SIGKILL.
     """
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], log_name: str) -> None:
+    def __init__(self, argv: Sequence[str], env: dict[str, str], log_name: str,
+                 cwd: Path = REPO) -> None:
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = OUT_DIR / log_name
         self._log = self.log_path.open("wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            list(argv), cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            list(argv), cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -170,9 +174,10 @@ class Subprocess:
 
 
 def start_daemon(db_url: str, log_name: str, **env: str) -> Subprocess:
-    """``agent-runner run`` (as ``python -m runner.cli run``) against ``db_url``."""
+    """``agent-runner run`` (as ``python -m runner.cli run``) against ``db_url``, from
+    :data:`CHECKOUT` (``-m`` puts the working directory first on ``sys.path``)."""
     return Subprocess([sys.executable, "-m", "runner.cli", "run"],
-                      daemon_env(db_url, **env), log_name)
+                      daemon_env(db_url, **env), log_name, cwd=CHECKOUT)
 
 
 def wait_for_daemon(db_url: str, daemon: Subprocess, timeout: float = 60.0) -> None:
