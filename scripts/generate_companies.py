@@ -418,8 +418,14 @@ def _cumulative(weights: Sequence[float]) -> tuple[list[float], float]:
 
 
 class _RowMaker:
-    """Makes one good row per call. Written for speed (locals, one random() per choice,
-    table lookups for dates) because a million rows must take seconds, not minutes."""
+    """Makes one good row per call.
+
+    Speed matters (a million rows should take seconds), so the expensive parts of a
+    row are drawn from pools made once per file: addresses, name stems and filing
+    histories (incorporation, accounts, returns and confirmation statement dates).
+    A row then costs about fifteen random draws. The pools are big enough that the
+    data does not look repetitive; real registers repeat towns and dates a lot too.
+    """
 
     def __init__(self, rng: Random, rows: int, as_of: date) -> None:
         self.rng = rng
@@ -437,25 +443,90 @@ class _RowMaker:
         for pool in (NAME_STARTS, NAME_ENDS, SURNAMES, STREETS, BUILDINGS, LOCALITIES):
             # generate() writes good rows without a csv.writer, so no value may need quoting
             assert not any('"' in value for value in pool)
+        self.addresses = [self._address() for _ in range(8192)]
+        self.stems = [self._stem() for _ in range(8192)]
+        self.histories = [self._history() for _ in range(16384)]
 
     def choice(self, items: Sequence[str]) -> str:
         return items[int(self.random() * len(items))]
 
+    # -- pools -----------------------------------------------------------------------
+
+    def _address(self) -> tuple[str, str, str, str, str, str, str]:
+        """(line 1, line 2, post town, county, country as shown, postcode, country)."""
+        rnd = self.random
+        town, county, country, outwards, _ = TOWNS[
+            bisect(self.town_weights, rnd() * self.town_total)]
+        building = self.choice(BUILDINGS)
+        street = f"{int(rnd() * 240) + 1} {self.choice(STREETS)}"
+        outward = self.choice(outwards)
+        if country == IRELAND:  # Eircode: routing key + 4-character unique identifier
+            postcode = f"{outward} {self.choice(_EIR)}{int(rnd() * 900) + 100}"
+        else:
+            postcode = f"{outward} {int(rnd() * 10)}{self.choice(_INWARD)}{self.choice(_INWARD)}"
+        shown = country
+        r = rnd()
+        if country != IRELAND and r < 0.25:  # the register often says less
+            shown = "UNITED KINGDOM" if r < 0.12 else ""
+        return (f"{building} {street}" if building else street, self.choice(LOCALITIES),
+                town, county if rnd() < 0.8 else "", shown, postcode, country)
+
+    def _stem(self) -> str:
+        r = self.random()
+        if r < 0.55:
+            return self.choice(NAME_STARTS) + self.choice(NAME_ENDS)
+        if r < 0.80:
+            return self.choice(SURNAMES)
+        if r < 0.92:
+            return f"{self.choice(SURNAMES)} & {self.choice(SURNAMES)}"
+        return f"{self.choice(NAME_STARTS)}{self.choice(NAME_ENDS)} {self.choice(SURNAMES)}"
+
+    def _history(self) -> tuple[int, int, str, str, str, str, str, str, str, str, str, str]:
+        """(age in days, incorporation ordinal, and the 10 date/accounts fields from
+        IncorporationDate on: incorporated, ref day, ref month, accounts next due,
+        last made up, category, returns next due, last made up, confirmation
+        statement next due, last made up)."""
+        rnd = self.random
+        cal = self.calendar
+        fmt = cal.fmt
+        as_of = self.as_of
+        # Many young companies, a long tail back a century (median about six years).
+        age = int(rnd() ** 4 * 36500) + 30
+        incorporated = as_of - age
+        category = "NO ACCOUNTS FILED" if age < 540 else self.accounts_category()
+        # Accounting reference date: a month end, mostly the incorporation month's.
+        _, inc_month = cal.year_month(incorporated)
+        ref_month = inc_month if rnd() < 0.6 else _REF_MONTHS[int(rnd() * len(_REF_MONTHS))]
+        year, month = self.as_of_ym
+        # the latest year end that is more than nine months old has been filed
+        filed_year = year - 1 if ref_month < month else year - 2
+        last_ref = cal.end_of(filed_year, ref_month)
+        ref_day = fmt(last_ref)[:2]
+        if last_ref <= incorporated:  # first accounts: due 21 months after incorporation
+            accounts_last, accounts_next = "", fmt(incorporated + 640)
+        elif category == "NO ACCOUNTS FILED":  # an older company that is late
+            accounts_last, accounts_next = "", fmt(last_ref + 274)
+        else:
+            accounts_last = fmt(last_ref)
+            accounts_next = fmt(cal.end_of(filed_year + 1, ref_month) + 274)
+        if incorporated < 735900 and rnd() < 0.8:  # annual returns ended in June 2016
+            returns = 735600 + int(rnd() * 400)
+            returns_last, returns_next = fmt(returns), fmt(returns + 42)
+        else:
+            returns_last = returns_next = ""
+        if age > 365:
+            confirmed = as_of - int(rnd() * 365)
+            conf_last, conf_next = fmt(confirmed), fmt(confirmed + 379)
+        else:
+            conf_last, conf_next = "", fmt(incorporated + 379)
+        return (age, incorporated, fmt(incorporated), ref_day, str(ref_month), accounts_next,
+                accounts_last, category, returns_next, returns_last, conf_next, conf_last)
+
+    # -- rows --------------------------------------------------------------------------
+
     def name(self, words: tuple[str, ...], category: str) -> str:
         rnd = self.random
-        r = rnd()
-        if r < 0.55:
-            stem = (NAME_STARTS[int(rnd() * len(NAME_STARTS))]
-                    + NAME_ENDS[int(rnd() * len(NAME_ENDS))])
-        elif r < 0.80:
-            stem = SURNAMES[int(rnd() * len(SURNAMES))]
-        elif r < 0.92:
-            stem = (SURNAMES[int(rnd() * len(SURNAMES))] + " & "
-                    + SURNAMES[int(rnd() * len(SURNAMES))])
-        else:
-            stem = (NAME_STARTS[int(rnd() * len(NAME_STARTS))]
-                    + NAME_ENDS[int(rnd() * len(NAME_ENDS))] + " "
-                    + SURNAMES[int(rnd() * len(SURNAMES))])
+        stem = self.stems[int(rnd() * len(self.stems))]
         suffixes = _SUFFIX.get(category, _DEFAULT_SUFFIX)
         suffix = suffixes[int(rnd() * len(suffixes))]
         if rnd() < 0.85:
@@ -464,11 +535,8 @@ class _RowMaker:
 
     def row(self) -> list[str]:
         rnd = self.random
-        cal = self.calendar
-        fmt = cal.fmt
-        as_of = self.as_of
-        town, county, country, outwards, _ = TOWNS[
-            bisect(self.town_weights, rnd() * self.town_total)]
+        line1, line2, town, county, shown_country, postcode, country = self.addresses[
+            int(rnd() * len(self.addresses))]
         _, sic_texts, words = SECTORS[bisect(self.sector_weights, rnd() * self.sector_total)]
         category = self.category()
         if country == IRELAND:
@@ -484,83 +552,43 @@ class _RowMaker:
             if category == "Other company type" or category == "Overseas Entity":
                 origin = self.choice(_ORIGINS)
         number = self.numbers.take(prefix)
-        # Many young companies, a long tail back a century (median about six years).
-        age_days = int(rnd() ** 4 * 36500) + 30
-        incorporated = as_of - age_days
-        status = self.status()
-        dissolved = fmt(as_of - int(rnd() * 200)) if status == "Dissolved" else ""
-        accounts_category = ("NO ACCOUNTS FILED" if age_days < 540
-                             else self.accounts_category())
-        if accounts_category == "DORMANT":
+        history = self.histories[int(rnd() * len(self.histories))]
+        age, incorporated = history[0], history[1]
+        if history[7] == "DORMANT":
             sic_texts = _DORMANT
-        # Accounting reference date: a month end, mostly the incorporation month's.
-        _, inc_month = cal.year_month(incorporated)
-        ref_month = inc_month if rnd() < 0.6 else _REF_MONTHS[int(rnd() * len(_REF_MONTHS))]
-        year, month = self.as_of_ym
-        # the latest year end that is more than nine months old has been filed
-        filed_year = year - 1 if ref_month < month else year - 2
-        last_ref = cal.end_of(filed_year, ref_month)
-        ref_day = str(fmt(last_ref)[:2]).lstrip("0")
-        if last_ref <= incorporated:  # first accounts: due 21 months after incorporation
-            accounts_last = ""
-            accounts_next = fmt(incorporated + 640)
-        elif accounts_category == "NO ACCOUNTS FILED":  # an older company that is late
-            accounts_last = ""
-            accounts_next = fmt(cal.end_of(filed_year, ref_month) + 274)
-        else:
-            accounts_last = fmt(last_ref)
-            accounts_next = fmt(cal.end_of(filed_year + 1, ref_month) + 274)
-        if incorporated < 735900 and rnd() < 0.8:  # annual returns ended in June 2016
-            returns_last_ord = 735600 + int(rnd() * 400)
-            returns_last = fmt(returns_last_ord)
-            returns_next = fmt(returns_last_ord + 42)
-        else:
-            returns_last = returns_next = ""
-        if age_days > 365:
-            conf_last_ord = as_of - int(rnd() * 365)
-            conf_last = fmt(conf_last_ord)
-            conf_next = fmt(conf_last_ord + 379)
-        else:
-            conf_last = ""
-            conf_next = fmt(incorporated + 379)
+        status = self.status()
+        dissolved = (self.calendar.fmt(self.as_of - int(rnd() * 200))
+                     if status == "Dissolved" else "")
         if rnd() < 0.2:
             charges = int(rnd() ** 6 * 9)
             outstanding = int(rnd() * (charges + 1))
-            mortgages = [str(charges), str(outstanding), "0", str(charges - outstanding)]
+            mortgages: Sequence[str] = (str(charges), str(outstanding), "0",
+                                        str(charges - outstanding))
         else:
             mortgages = _NO_MORTGAGES
-        r = rnd()
-        n_sic = 1 if r < 0.72 else 2 if r < 0.92 else 3 if r < 0.98 else 4
         n_texts = len(sic_texts)
-        sics = [sic_texts[int(rnd() * n_texts)], "", "", ""]
-        for i in range(1, min(n_sic, n_texts)):
-            text = sic_texts[int(rnd() * n_texts)]
-            if text not in sics:
-                sics[i] = text
-        building = BUILDINGS[int(rnd() * len(BUILDINGS))]
-        street = f"{int(rnd() * 240) + 1} {STREETS[int(rnd() * len(STREETS))]}"
-        line1 = f"{building} {street}" if building else street
+        first_sic = sic_texts[int(rnd() * n_texts)]
         r = rnd()
-        shown_country = country
-        if country != IRELAND and r < 0.25:
-            shown_country = "UNITED KINGDOM" if r < 0.12 else ""
-        outward = outwards[int(rnd() * len(outwards))]
-        if country == IRELAND:  # Eircode: routing key + 4-character unique identifier
-            postcode = f"{outward} {_EIR[int(rnd() * 15)]}{int(rnd() * 900) + 100}"
+        if r < 0.72 or n_texts == 1:
+            sics: Sequence[str] = (first_sic, "", "", "")
         else:
-            postcode = (f"{outward} {int(rnd() * 10)}"
-                        f"{_INWARD[int(rnd() * 20)]}{_INWARD[int(rnd() * 20)]}")
+            more = [first_sic]
+            for _ in range(1 if r < 0.92 else 2 if r < 0.98 else 3):
+                text = sic_texts[int(rnd() * n_texts)]
+                if text not in more:
+                    more.append(text)
+            sics = more + [""] * (4 - len(more))
         previous: Sequence[str] = self.empty_previous
-        if age_days > 400 and rnd() < 0.14:
+        if age > 400 and rnd() < 0.14:
             names: list[str] = []
-            change = as_of
+            change = self.as_of
             for _ in range(1 + int(rnd() ** 3 * 4)):
                 change = change - 30 - int(rnd() * (change - incorporated - 30) * 0.5)
                 if change <= incorporated:
                     break
-                names += [fmt(change), self.name(words, category)]
+                names += [self.calendar.fmt(change), self.name(words, category)]
             previous = names + [""] * (20 - len(names))
-        partners = ("0", "0")
+        partners: Sequence[str] = _NO_PARTNERS
         if category == "Limited Partnership" or category == "Scottish Partnership":
             partners = (str(int(rnd() * 3) + 1), str(int(rnd() * 8)))
         extras = rnd()
@@ -568,11 +596,9 @@ class _RowMaker:
             self.name(words, category), number,
             self.choice(CARE_OF) if extras < 0.04 else "",
             f"PO BOX {int(rnd() * 900) + 100}" if 0.04 <= extras < 0.045 else "",
-            line1, LOCALITIES[int(rnd() * len(LOCALITIES))], town,
-            county if rnd() < 0.8 else "", shown_country, postcode, category, status, origin,
-            dissolved, fmt(incorporated), ref_day, str(ref_month),
-            accounts_next, accounts_last, accounts_category, returns_next, returns_last,
-            *mortgages, *sics, *partners, URI_PREFIX + number, *previous, conf_next, conf_last,
+            line1, line2, town, county, shown_country, postcode, category, status, origin,
+            dissolved, *history[2:8], *history[8:10], *mortgages, *sics, *partners,
+            URI_PREFIX + number, *previous, *history[10:12],
         ]
 
 
@@ -581,6 +607,7 @@ _ORIGINS = ("UNITED STATES", "GERMANY", "NETHERLANDS", "JERSEY", "GUERNSEY", "FR
 _DORMANT = ("99999 - Dormant Company",)
 _REF_MONTHS = (3, 3, 12, 12, 12, 6, 9, 4)
 _NO_MORTGAGES = ("0", "0", "0", "0")
+_NO_PARTNERS = ("0", "0")
 _EIR = "ACDEFHKNPRTVWXY"
 _INWARD = "ABDEFGHJLNPQRSTUWXYZ"
 
