@@ -151,17 +151,24 @@ _INSERT = (
     f"INSERT INTO companies ({', '.join(IMPORTED_COLUMNS)}) "
     f"SELECT {', '.join(expression for _, expression in _CH_COLUMNS)} FROM {STAGING_TABLE}"
 )
-_CHANGED = (
-    f"({', '.join('companies.' + c for c in IMPORTED_COLUMNS[1:])}) IS DISTINCT FROM "
-    f"({', '.join('EXCLUDED.' + c for c in IMPORTED_COLUMNS[1:])})"
+_SAME = (
+    f"({', '.join('companies.' + c for c in IMPORTED_COLUMNS[1:])}) IS NOT DISTINCT FROM "
+    f"({', '.join('incoming.' + c for c in IMPORTED_COLUMNS[1:])})"
 )
 _UPSERT = (
-    f"WITH written AS ({_INSERT} "
+    "WITH incoming AS ("
+    f"SELECT {', '.join(f'{e} AS {c}' for c, e in _CH_COLUMNS)} FROM {STAGING_TABLE}), "
+    f"written AS (INSERT INTO companies ({', '.join(IMPORTED_COLUMNS)}) "
+    f"SELECT {', '.join(IMPORTED_COLUMNS)} FROM incoming "
+    # Rows already there and unchanged (most of a monthly re-import) are dropped by a
+    # read-only probe: ON CONFLICT would lock each one, writing to every heap page.
+    "WHERE NOT EXISTS (SELECT FROM companies WHERE "
+    f"companies.company_number = incoming.company_number AND {_SAME}) "
     "ON CONFLICT (company_number) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in IMPORTED_COLUMNS[1:])
     + ", imported_at = now(), updated_at = now() "
-    # Unchanged rows are skipped: no dead tuple, no index churn, a fast re-import.
-    f"WHERE {_CHANGED} "
+    # Changed meanwhile by a concurrent import: skip it if it is now the same.
+    f"WHERE NOT ({_SAME.replace('incoming.', 'EXCLUDED.')}) "
     # xmax is 0 on a freshly inserted row version and set on an updated one.
     "RETURNING xmax = 0 AS inserted) "
     "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
