@@ -30,12 +30,13 @@ import io
 import os
 import re
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -140,6 +141,7 @@ async def import_companies(
     Bad rows do not stop the import: they are counted and the first ``max_rejects``
     are returned with their line numbers and reasons. A file whose header is not
     BasicCompanyData's raises :class:`CompaniesFileError` and writes nothing.
+    ``path`` may also be the zip Companies House publishes (one CSV inside).
     ``progress`` shows a tqdm bar (bytes) on stderr. ``bulk`` forces (True) or
     forbids (False) the empty-table fast path; by default it is used when the table
     is empty and the file is large. Imports into one database run one at a time.
@@ -149,9 +151,8 @@ async def import_companies(
     started = time.perf_counter()
     path = Path(path)
     report = ImportReport(path=str(path))
-    file = await asyncio.to_thread(path.open, "rb")
-    with file:
-        size = os.fstat(file.fileno()).st_size
+    with ExitStack() as files:
+        file, size = await asyncio.to_thread(_open_source, path, files)
         eol = await asyncio.to_thread(_read_header, file)
         async with AsyncExitStack() as stack:
             if isinstance(pool_or_conninfo, str):
@@ -172,6 +173,20 @@ async def import_companies(
     return report
 
 
+def _open_source(path: Path, files: ExitStack) -> tuple[IO[bytes], int]:
+    """The CSV, and its size in bytes. Companies House ships the file zipped: a zip
+    holding one CSV is read as it is, decompressed on the fly."""
+    if not zipfile.is_zipfile(path):
+        file = files.enter_context(path.open("rb"))
+        return file, os.fstat(file.fileno()).st_size
+    archive = files.enter_context(zipfile.ZipFile(path))
+    members = [info for info in archive.infolist() if info.filename.lower().endswith(".csv")]
+    if len(members) != 1:
+        raise CompaniesFileError(
+            f"{path} holds {len(members)} CSV files; expected one BasicCompanyData CSV")
+    return files.enter_context(archive.open(members[0])), members[0].file_size
+
+
 @asynccontextmanager
 async def _own_connection(conninfo: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
@@ -179,7 +194,7 @@ async def _own_connection(conninfo: str) -> AsyncIterator[psycopg.AsyncConnectio
         yield conn
 
 
-def _read_header(file: BinaryIO) -> bytes:
+def _read_header(file: IO[bytes]) -> bytes:
     """Check the header line; return the file's line ending."""
     first = file.readline(64 * 1024)
     if not first:
@@ -227,7 +242,7 @@ def _record_boundary(data: bytes) -> int:
     return candidate
 
 
-def _blocks(file: BinaryIO, eol: bytes, block_bytes: int) -> Iterator[bytes]:
+def _blocks(file: IO[bytes], eol: bytes, block_bytes: int) -> Iterator[bytes]:
     carry = b""
     while True:
         chunk = file.read(block_bytes)
@@ -390,7 +405,7 @@ class _Loader:
         self._bulk = False
         self._turns = _Turns(ordered=True)
 
-    async def run(self, file: BinaryIO, eol: bytes, batch_rows: int, bulk: bool | None,
+    async def run(self, file: IO[bytes], eol: bytes, batch_rows: int, bulk: bool | None,
                   size: int) -> None:
         control = self._conns[0]
         async with control.transaction():
@@ -429,7 +444,7 @@ class _Loader:
             for conn in self._conns:
                 group.create_task(rebuild(conn))
 
-    async def _load(self, file: BinaryIO, eol: bytes, batch_rows: int) -> None:
+    async def _load(self, file: IO[bytes], eol: bytes, batch_rows: int) -> None:
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=len(self._conns))
         try:
             async with asyncio.TaskGroup() as group:
@@ -439,7 +454,7 @@ class _Loader:
         except ExceptionGroup as failed:
             raise failed.exceptions[0] from None
 
-    async def _produce(self, file: BinaryIO, eol: bytes, batch_rows: int,
+    async def _produce(self, file: IO[bytes], eol: bytes, batch_rows: int,
                        queue: asyncio.Queue[_Batch | None]) -> None:
         blocks = _blocks(file, eol, batch_rows * _BYTES_PER_ROW)
         line = 2

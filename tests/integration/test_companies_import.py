@@ -8,6 +8,7 @@ import csv
 import importlib.util
 import json
 import sys
+import zipfile
 from datetime import date
 from pathlib import Path
 from types import ModuleType
@@ -373,3 +374,29 @@ def test_report_as_json_dict() -> None:
     assert out["rows_per_second"] == 5.0
     assert out["rejects"] == [{"line": 4, "reason": "no company number"}]
     assert json.loads(json.dumps(out)) == out
+
+
+async def test_the_zip_companies_house_publishes(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    csv_path = tmp_path / "BasicCompanyDataAsOneFile-2024-06-01.csv"
+    write_rows(csv_path, [company_row(f"{i:08d}", f"ZIPPED {i} LTD") for i in range(1, 30)])
+    path = tmp_path / "BasicCompanyDataAsOneFile-2024-06-01.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(csv_path, csv_path.name)
+    report = await import_companies(db_url, path, progress=True, batch_rows=5)
+    assert (report.rows_read, report.inserted) == (29, 29)
+    assert count(conn) == 29
+
+    two = tmp_path / "two.zip"
+    with zipfile.ZipFile(two, "w") as archive:
+        archive.write(csv_path, "a.csv")
+        archive.write(csv_path, "b.csv")
+    with pytest.raises(CompaniesFileError, match="2 CSV files"):
+        await import_companies(db_url, two, progress=False)
+
+
+async def test_header_only_file_loads_nothing(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    path = tmp_path / "header-only.csv"
+    write_rows(path, [])
+    report = await import_companies(db_url, path, progress=False)
+    assert (report.rows_read, report.inserted, report.rejected) == (0, 0, 0)
+    assert count(conn) == 0
