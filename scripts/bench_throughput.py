@@ -51,6 +51,7 @@ class Run:
     backend_cpu: float  # CPU seconds of its Postgres backends
     xacts: int  # transactions committed in the database during the run
     wal_syncs: int  # WAL flushes to disk during the run (cluster-wide)
+    busy_ms: float  # median per job, its 'started' -> 'succeeded' (time it holds a slot)
 
     @property
     def rate(self) -> float:
@@ -167,6 +168,15 @@ def run_side(url: str, side: str, tasks: int, concurrency: int, pool_size: int,
         FROM procrastinate_events e JOIN procrastinate_jobs j ON j.id = e.job_id
         WHERE j.queue_name = %s
         """, [queue])[0]
+    # How long each job holds one of the C slots: with no-op work the rate can be no
+    # more than C / busy time, whatever the fetch loop manages.
+    busy_ms = bc.scalar(url, """
+        SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY 1000 * extract(epoch FROM
+                   s.at - f.at))
+        FROM procrastinate_events f
+        JOIN procrastinate_events s ON s.job_id = f.job_id AND s.type = 'succeeded'
+        WHERE f.type = 'started'
+        """)
     if succeeded != tasks or failed:
         raise bc.BenchError(f"{side}: {succeeded} of {tasks} jobs succeeded, {failed} failed")
     if side == "agent-runner":
@@ -176,7 +186,7 @@ def run_side(url: str, side: str, tasks: int, concurrency: int, pool_size: int,
     time.sleep(1.0)  # backends report their statistics when they exit
     xacts_after, syncs_after = db_counters(url)
     return Run(side, tasks, float(seconds), wall, worker_cpu, backend_cpu,
-               xacts_after - xacts_before, syncs_after - syncs_before)
+               xacts_after - xacts_before, syncs_after - syncs_before, float(busy_ms))
 
 
 # -- main -----------------------------------------------------------------------------
@@ -228,6 +238,7 @@ def main() -> int:
                 runs.append(run)
                 print(f"  round {round_number + 1} {side:13s}: {run.rate:7.1f} jobs/s "
                       f"({run.seconds:.2f} s; spawn-to-done {run.wall_seconds:.2f} s; "
+                      f"{run.busy_ms:.1f} ms per job in its slot; "
                       f"worker CPU {1000 * run.worker_cpu / run.jobs:.2f} ms/job, "
                       f"Postgres backends {1000 * run.backend_cpu / run.jobs:.2f} ms/job; "
                       f"{run.xacts / run.jobs:.2f} commits/job, "
@@ -260,6 +271,7 @@ def main() -> int:
             "backend_cpu_ms": round(1000 * med(side, "backend_cpu") / args.tasks, 3),
             "commits": round(med(side, "xacts") / args.tasks, 2),
             "wal_flushes": round(med(side, "wal_syncs") / args.tasks, 2),
+            "slot_ms": round(med(side, "busy_ms"), 1),
         }
         print(f"per job, {side}: {per_job[side]}")
     for line in profile_lines:
