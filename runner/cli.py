@@ -1,23 +1,33 @@
 """``agent-runner``: the admin CLI. Exit codes: 0 success, 1 operation failed, 2 usage.
 
 Every flag can also be set by its environment variable (CONTRACT.md); flags win.
+Commands that talk to Postgres need ``DATABASE_URL`` (a usage error without it),
+except ``run`` and ``demo``, which start the embedded Postgres under
+``RUNNER_DATA_DIR`` instead and say so on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import psycopg
 
 from runner import admin
 from runner.migrate import SchemaBehind, check_schema_current, migrate
-from runner.registry import InvalidPayload, UnknownAgentType, default_registry
 from runner.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -66,8 +76,27 @@ def _timestamp(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    # Scores and costs are numeric columns: give JSON readers numbers, not strings.
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
 def _print_json(document: Any) -> None:
-    json.dump(document, sys.stdout, default=str, indent=2)
+    json.dump(document, sys.stdout, default=_json_value, indent=2)
     sys.stdout.write("\n")
 
 
@@ -86,9 +115,55 @@ def database_url(settings: Settings) -> str:
 def _connect(settings: Settings) -> psycopg.Connection[Any]:
     url = database_url(settings)
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise CommandFailed(f"cannot connect to the database: {exc}".strip()) from None
+    try:
+        # One clear message instead of "relation ... does not exist" further on.
+        check_schema_current(url)
+    except SchemaBehind as exc:
+        conn.close()
+        raise CommandFailed(str(exc)) from None
+    return conn
+
+
+@contextlib.contextmanager
+def _database_for_daemon(settings: Settings) -> Iterator[str]:
+    """``DATABASE_URL``, or the embedded Postgres under ``RUNNER_DATA_DIR``: started
+    (or joined, when another agent-runner already runs it), migrated, and stopped on
+    the way out if this process started it."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from runner.embedded_pg import EmbeddedPostgresError, start_embedded_postgres
+
+    data_dir = settings.data_dir.expanduser().resolve()
+    _say(f"DATABASE_URL is not set: starting the embedded Postgres in {data_dir} "
+         "(set DATABASE_URL to use your own server)")
+    try:
+        server = start_embedded_postgres(data_dir)
+    except EmbeddedPostgresError as exc:
+        raise CommandFailed(str(exc)) from None
+    try:
+        if not server.owns_server:
+            _say("joined the embedded Postgres another agent-runner process started")
+        applied = migrate(server.url)
+        if applied:
+            _say(f"migrated the embedded database ({len(applied)} migrations)")
+        yield server.url
+    finally:
+        try:
+            server.stop()
+        except EmbeddedPostgresError as exc:
+            _say(f"warning: {exc}")
+        else:
+            if server.owns_server:
+                _say("stopped the embedded Postgres")
+
+
+def _say(message: str) -> None:
+    """A progress line for the operator: stderr, so stdout stays the command's output."""
+    print(f"agent-runner: {message}", file=sys.stderr, flush=True)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -107,17 +182,69 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from runner import logs
     from runner.daemon import Daemon
+    from runner.scheduler import scheduler_side_task
 
     logs.configure(settings.log_format, settings.log_level)
-    url = database_url(settings)
-    try:
-        check_schema_current(url)
-    except SchemaBehind as exc:
-        raise CommandFailed(str(exc)) from None
-    return asyncio.run(Daemon(settings, url).run())
+    if settings.database_url:
+        try:
+            check_schema_current(settings.database_url)
+        except SchemaBehind as exc:
+            raise CommandFailed(str(exc)) from None
+    with _database_for_daemon(settings) as url:
+        daemon = Daemon(settings, url, extra_side_tasks=[scheduler_side_task])
+        return asyncio.run(daemon.run())
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from runner import demo
+
+    with _database_for_daemon(settings) as url:
+        if settings.database_url:
+            _say("using DATABASE_URL; migrating it first")
+            migrate(url)
+        try:
+            report = demo.run_demo(settings, url, progress=_say, online=args.online,
+                                   timeout=args.timeout)
+        except demo.DemoFailed as exc:
+            raise CommandFailed(f"demo failed: {exc}") from None
+    if args.json:
+        _print_json(report)
+    else:
+        _print_demo_report(report)
+    return EXIT_OK
+
+
+def _print_demo_report(report: dict[str, Any]) -> None:
+    stream, summary, run = report["stream"], report["summary"], report["workflow_run"]
+    print(f"stream: {stream['name']}  ({stream['id']})")
+    print(f"workflow run {run['id']} {run['status']} in {run['seconds']:.1f} s "
+          f"({report['mode']} mode; {report['seconds']:.1f} s in all)")
+    print(f"items: {summary['items']}  qualified (>= "
+          f"{stream['target_metrics'].get('min_quality_score', '-')}): {summary['qualified']}  "
+          f"average score: {summary['avg_quality_score'] or '-'}  enriched: "
+          f"{summary['enriched']}")
+    print("  by priority: " + "  ".join(
+        f"{band}={summary[band]}" for band in ("critical", "high", "medium", "low")))
+    print(f"\ntop {len(report['top_companies'])} companies:")
+    rows = [{**company, "key_signals": ", ".join(company["key_signals"]) or "-"}
+            for company in report["top_companies"]]
+    _print_table(rows, ["position", "name", "town", "quality_score", "priority",
+                        "key_signals"])
+    print("\nagents:")
+    rows = [{**agent, "duration": f"{(agent['duration_ms'] or 0) / 1000:.2f} s",
+             "llm_cost_usd": f"{agent['cost_usd']:.4f}" if agent["llm_calls"] else "-"}
+            for agent in report["agents"]]
+    _print_table(rows, ["agent_name", "agent_type", "status", "executions", "duration",
+                        "llm_calls", "llm_cost_usd"])
+    print("\nnext: `agent-runner show TASK_ID` for a task's executions and logs; "
+          "`agent-runner tasks`, `agent-runner agents`")
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: loading every agent costs most of a second, which only enqueue
+    # (payload validation) and the daemon need.
+    from runner.registry import InvalidPayload, UnknownAgentType, default_registry
+
     with _connect(settings) as conn:
         agent = admin.find_agent(conn, args.agent)
         if agent is None:
@@ -166,16 +293,56 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandFailed(f"no task {args.task_id}")
     if args.json:
         _print_json(document)
-    else:
-        task = document["task"]
-        for key, value in task.items():
-            print(f"{key:>22}: {value}")
-        print("\nexecutions:")
-        _print_table(document["executions"],
-                     ["attempt", "status", "started_at", "duration_ms", "error_message"])
-        print("\nlogs:")
-        _print_table(document["logs"], ["created_at", "log_type", "message"])
+        return EXIT_OK
+    task = document["task"]
+    for key, value in task.items():
+        if key in ("payload", "output"):
+            value = json.dumps(value, default=_json_value) if value is not None else None
+        print(f"{key:>22}: {value if value is not None else '-'}")
+    print("\nexecutions:")
+    _print_table(document["executions"],
+                 ["attempt", "status", "started_at", "duration_ms", "llm_calls", "cost_usd",
+                  "error_message"])
+    workflow = document["workflow"]
+    if workflow is not None:
+        run = workflow["run"]
+        print(f"\nworkflow run {workflow['run_id']} ({run['status'] if run else 'deleted'}):")
+        for line in _workflow_tree(workflow["steps"], current=task["id"]):
+            print("  " + line)
+    print("\nlogs:")
+    _print_table(document["logs"], ["created_at", "log_type", "message"])
     return EXIT_OK
+
+
+def _workflow_tree(steps: Sequence[dict[str, Any]], *, current: Any) -> list[str]:
+    """The run's steps as an indented tree, each under its parents (a step with two
+    parents appears under both); ``current`` is marked. Steps that have no task yet
+    show why (waiting, or the reason they will not start)."""
+    children: dict[str, list[dict[str, Any]]] = {}
+    names = {step["agent_name"] for step in steps}
+    roots = []
+    for step in steps:
+        parents = [name for name in step["parent_agents"] if name in names]
+        if not parents:
+            roots.append(step)
+        for parent in parents:
+            children.setdefault(parent, []).append(step)
+    lines: list[str] = []
+
+    def walk(step: dict[str, Any], depth: int, seen: frozenset[str]) -> None:
+        mark = "  <- this task" if step["task_id"] == current else ""
+        prefix = "   " * (depth - 1) + "└─ " if depth else ""
+        detail = f"  {step['task_id']}" if step["task_id"] else ""
+        if step["note"] and step["status"] != "completed":
+            detail += f"  ({_cell(step['note'])})"
+        lines.append(f"{prefix}{step['agent_name']}  {step['status']}{detail}{mark}")
+        for child in children.get(step["agent_name"], []):
+            if child["agent_name"] not in seen:  # cycles are refused on write; never loop
+                walk(child, depth + 1, seen | {child["agent_name"]})
+
+    for root in roots:
+        walk(root, 0, frozenset({root["agent_name"]}))
+    return lines
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -183,17 +350,231 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         document = admin.status(conn)
     if args.json:
         _print_json(document)
-    else:
-        print(f"claiming: {'paused' if document['paused'] else 'running'}")
-        print("\ndaemons:")
-        _print_table(document["daemons"],
-                     ["host", "pid", "concurrency", "in_flight", "poll_interval_seconds",
-                      "last_heartbeat"])
-        print("\ntasks:")
-        print("  " + "  ".join(f"{k}={v}" for k, v in document["stats"].items()))
-        print("\nrecent tasks:")
-        _print_table(document["recent_tasks"], ["id", "agent_name", "status", "created_at"])
+        return EXIT_OK
+    runner = document["runner"]
+    print(f"runner: {runner['status']}  (claiming "
+          f"{'paused' if document['paused'] else 'enabled'}; {runner['daemons']} live "
+          f"daemon(s), {runner['in_flight']}/{runner['max_concurrent_tasks']} slots busy)")
+    print("\ndaemons:")
+    _print_table(document["daemons"],
+                 ["host", "pid", "concurrency", "in_flight", "poll_interval_seconds",
+                  "last_heartbeat", "stopping"])
+    print("\ntasks:")
+    print("  " + "  ".join(f"{k}={v}" for k, v in document["stats"].items()))
+    print("\nrecent tasks:")
+    _print_table(document["recent_tasks"], ["id", "agent_name", "status", "created_at"])
     return EXIT_OK
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        if args.task_id and not admin.task_exists(conn, args.task_id):
+            raise CommandFailed(f"no task {args.task_id}")
+        if args.follow:
+            # LISTEN before reading what exists, so that no line falls in between.
+            admin.listen_for_logs(conn)
+        lines = admin.recent_logs(conn, task_id=args.task_id, limit=args.limit)
+        for line in lines:
+            _print_log_line(line)
+        if not args.follow:
+            return EXIT_OK
+        sys.stdout.flush()
+        _say("following new log lines (Ctrl-C to stop)")
+        # Every later line matching the filter has a larger id than the last shown.
+        last_id = int(lines[-1]["id"]) if lines else 0
+        with _stop_on_signals() as stop:
+            while not stop.is_set():
+                # A short timeout so a signal is noticed within half a second.
+                if not list(conn.notifies(timeout=0.5, stop_after=1)):
+                    continue
+                for line in admin.logs_after(conn, task_id=args.task_id, after_id=last_id):
+                    _print_log_line(line)
+                    last_id = int(line["id"])
+                sys.stdout.flush()
+    return EXIT_OK
+
+
+def _print_log_line(line: dict[str, Any]) -> None:
+    stamp = line["created_at"].strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    task = str(line["task_id"])[:8] if line["task_id"] else "-"
+    print(f"{stamp}  {task}  {line['agent_name'] or '-'}  {line['log_type']}: "
+          f"{line['message']}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM only set an event (STYLE.md 8); the previous handlers come
+    back afterwards."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {signum: signal.signal(signum, handler)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+# -- agents and schedules --------------------------------------------------------------
+
+
+def cmd_agents_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        rows = admin.list_agents(conn)
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, ["name", "agent_type", "is_active", "schedule_cron",
+                            "total_executions", "success_rate", "average_execution_time_ms",
+                            "last_executed_at"])
+    return EXIT_OK
+
+
+def cmd_agents_show(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        document = admin.show_agent(conn, args.name)
+    if document is None:
+        raise CommandFailed(f"unknown agent: {args.name}")
+    if args.json:
+        _print_json(document)
+        return EXIT_OK
+    for key, value in document["agent"].items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, default=_json_value)
+        print(f"{key:>26}: {value if value is not None and value != '' else '-'}")
+    print("\nstreams:")
+    _print_table(document["assignments"], ["stream_name", "assignment_role", "execution_order",
+                                           "is_active", "total_executions", "last_executed_at"])
+    print("\nrecent tasks:")
+    _print_table(document["recent_tasks"], ["id", "status", "trigger", "created_at"])
+    return EXIT_OK
+
+
+def cmd_agents_enable(args: argparse.Namespace, settings: Settings) -> int:
+    return _set_agent_active(args, settings, active=True)
+
+
+def cmd_agents_disable(args: argparse.Namespace, settings: Settings) -> int:
+    return _set_agent_active(args, settings, active=False)
+
+
+def _set_agent_active(args: argparse.Namespace, settings: Settings, *, active: bool) -> int:
+    with _connect(settings) as conn:
+        changed = admin.set_agent_active(conn, args.name, active)
+    if changed is None:
+        raise CommandFailed(f"unknown agent: {args.name}")
+    name, was_active = changed
+    word = "enabled" if active else "disabled"
+    if was_active == active:
+        print(f"agent {name} was already {word}")
+    elif active:
+        print(f"agent {name} enabled: new tasks can be enqueued and its schedule fires")
+    else:
+        # The executor refuses tasks of a disabled agent when it claims them.
+        print(f"agent {name} disabled: enqueueing is refused; queued tasks will fail "
+              "when claimed; running ones finish")
+    return EXIT_OK
+
+
+def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        rows = admin.list_schedules(conn)
+    now = dt.datetime.now(dt.UTC)
+    for row in rows:
+        row["next_fire"] = _next_fire(row["schedule_cron"], row["schedule_timezone"], now) \
+            if row["is_active"] else None
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, ["name", "schedule_cron", "schedule_timezone", "is_active",
+                            "next_fire", "last_fire"])
+    return EXIT_OK
+
+
+def _next_fire(cron: str, timezone: str, after: dt.datetime) -> dt.datetime | None:
+    """The schedule's next fire time, computed as the daemons' scheduler does; None for
+    an expression it rejects."""
+    from runner import scheduler
+
+    try:
+        fire: dt.datetime | None = scheduler.parse_cron(cron, timezone).get_next_fire_time(
+            None, after)
+    except scheduler.CronError:
+        # Written before validation existed: it must not break the listing.
+        return None
+    return fire
+
+
+# -- pause / resume --------------------------------------------------------------------
+
+
+def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+    return _set_paused(settings, paused=True)
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    return _set_paused(settings, paused=False)
+
+
+def _set_paused(settings: Settings, *, paused: bool) -> int:
+    with _connect(settings) as conn:
+        was_paused = admin.set_paused(conn, paused)
+        live = admin.live_daemon_count(conn)
+    if was_paused == paused:
+        print(f"claiming was already {'paused' if paused else 'enabled'}; nothing changed")
+    elif paused:
+        print(f"claiming paused: {live} live daemon(s) stop claiming within 2 s; in-flight "
+              "tasks finish. `agent-runner resume` restarts claiming.")
+    else:
+        print(f"claiming resumed: {live} live daemon(s) start claiming within 2 s")
+    return EXIT_OK
+
+
+# -- companies -------------------------------------------------------------------------
+
+
+def cmd_import_companies(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 once the file was read, even when some rows were rejected (they are
+    listed, with their line numbers, and the good rows are loaded): a five-million-row
+    register file always has a few. Exit 1 when the file cannot be read or is not a
+    BasicCompanyData CSV (then nothing was written)."""
+    from agents.companies_import import CompaniesFileError, import_companies
+
+    url = database_url(settings)
+    with _connect(settings):
+        pass  # fail early, with the usual messages, on connection or schema trouble
+    _say(f"importing {args.file}")
+    try:
+        # tqdm draws the bar on stderr; stdout keeps only the report.
+        report = asyncio.run(import_companies(url, args.file, progress=True))
+    except CompaniesFileError as exc:
+        raise CommandFailed(f"{args.file}: {exc}") from None
+    except OSError as exc:
+        raise CommandFailed(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    if args.json:
+        _print_json(report.as_dict())
+        return EXIT_OK
+    print(f"imported {report.path}: {report.rows_read:,} rows in {report.seconds:.1f} s "
+          f"({report.rows_per_second:,.0f} rows/s)")
+    print(f"  inserted   {report.inserted:,}\n  updated    {report.updated:,}\n"
+          f"  unchanged  {report.unchanged:,}\n  rejected   {report.rejected:,}")
+    if report.rejects:
+        shown = len(report.rejects)
+        more = f" (the first {shown})" if shown < report.rejected else ""
+        print(f"rejected rows{more}:")
+        for reject in report.rejects:
+            print(f"  line {reject.line}: {reject.reason}")
+    return EXIT_OK
+
+
+# -- output ----------------------------------------------------------------------------
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -212,6 +593,8 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -219,56 +602,134 @@ def _cell(value: Any) -> str:
 # -- parser ----------------------------------------------------------------------------
 
 
+def _json_flag(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    # On a nested command (`agents list --json`) the default is SUPPRESS, so that the
+    # parent's `agents --json` is not overwritten by the child's default.
+    parser.add_argument("--json", action="store_true",
+                        default=argparse.SUPPRESS if inherited else False,
+                        help="print one JSON document on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="agent-runner", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="agent-runner", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="apply sql/ migrations (idempotent)")
     p.set_defaults(handler=cmd_migrate)
 
     p = sub.add_parser("run", help="the daemon: workers + scheduler + metrics, until SIGTERM")
-    p.add_argument("--concurrency", dest="RUNNER_CONCURRENCY")
-    p.add_argument("--poll-interval", dest="RUNNER_POLL_INTERVAL")
-    p.add_argument("--shutdown-grace", dest="RUNNER_SHUTDOWN_GRACE")
-    p.add_argument("--metrics-addr", dest="RUNNER_METRICS_ADDR")
-    p.add_argument("--log-format", dest="RUNNER_LOG_FORMAT")
+    _daemon_flags(p)
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser(
+        "demo", help="migrate, load demo companies, run discovery -> enrichment -> scoring, "
+        "print the scored stream")
+    p.add_argument("--data-dir", dest="RUNNER_DATA_DIR",
+                   help="where the embedded Postgres keeps its data (no DATABASE_URL)")
+    p.add_argument("--online", action="store_true",
+                   help="use ANTHROPIC_API_KEY / COMPANIES_HOUSE_API_KEY if set (default: "
+                   "offline, nothing leaves the machine)")
+    p.add_argument("--timeout", type=_positive_int, default=180,
+                   help="seconds to wait for the workflow (default 180)")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("status", help="live daemons, task counts, recent tasks")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("enqueue", help="enqueue a task; prints its id")
     p.add_argument("agent", help="agent name or id")
-    p.add_argument("--payload", type=_json_object, default={})
-    p.add_argument("--priority", type=_priority, default=5)
+    p.add_argument("--payload", type=_json_object, default={}, help="a JSON object")
+    p.add_argument("--priority", type=_priority, default=5, help="1-10, higher runs first")
     p.add_argument("--at", type=_timestamp, default=None, help="ISO 8601 time to run at")
     p.set_defaults(handler=cmd_enqueue)
 
-    p = sub.add_parser("tasks", help="list tasks")
+    p = sub.add_parser("tasks", help="list tasks, newest first")
     p.add_argument("--status", choices=["pending", "processing", "completed", "failed",
                                         "cancelled"])
-    p.add_argument("--agent")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--agent", help="agent name or id")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    _json_flag(p)
     p.set_defaults(handler=cmd_tasks)
 
-    p = sub.add_parser("show", help="one task with its executions and logs")
+    p = sub.add_parser("show", help="one task with its executions, logs and workflow run")
     p.add_argument("task_id", type=_uuid)
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p.set_defaults(handler=cmd_show)
-
-    p = sub.add_parser("status", help="live daemons, task counts, recent tasks")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_status)
 
     for name, handler, text in (("retry", cmd_retry, "re-queue a failed or cancelled task"),
                                 ("cancel", cmd_cancel, "cancel a pending or running task")):
         p = sub.add_parser(name, help=text)
         p.add_argument("task_id", type=_uuid)
         p.set_defaults(handler=handler)
+
+    p = sub.add_parser("logs", help="task logs; --follow streams new lines")
+    p.add_argument("task_id", type=_uuid, nargs="?", help="only this task's lines")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing new lines as they are written, until Ctrl-C")
+    p.add_argument("--limit", type=_positive_int, default=200,
+                   help="how many of the latest existing lines to print first (default 200)")
+    p.set_defaults(handler=cmd_logs)
+
+    p = sub.add_parser("agents", help="agent definitions: list | show | enable | disable")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_agents_list)
+    agents = p.add_subparsers(dest="agents_command", parser_class=_Parser, metavar="ACTION")
+    q = agents.add_parser("list", help="every agent with its performance figures (default)")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_agents_list)
+    q = agents.add_parser("show", help="one agent: definition, figures, streams, tasks")
+    q.add_argument("name", help="agent name or id")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_agents_show)
+    for action, handler, text in (
+            ("enable", cmd_agents_enable, "allow enqueueing and scheduling"),
+            ("disable", cmd_agents_disable, "refuse new tasks and stop its schedule")):
+        q = agents.add_parser(action, help=text)
+        q.add_argument("name", help="agent name or id")
+        q.set_defaults(handler=handler)
+
+    p = sub.add_parser("schedules", help="cron schedules with their next fire time")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_schedules)
+    schedules = p.add_subparsers(dest="schedules_command", parser_class=_Parser,
+                                 metavar="ACTION")
+    q = schedules.add_parser("list", help="agents with a schedule (default)")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_schedules)
+
+    p = sub.add_parser("pause", help="stop claiming on every daemon (in-flight work finishes)")
+    p.set_defaults(handler=cmd_pause)
+    p = sub.add_parser("resume", help="restart claiming on every daemon")
+    p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser(
+        "import-companies",
+        help="load a Companies House BasicCompanyData CSV (progress bar on stderr)",
+        description="Load a Companies House BasicCompanyData CSV. Exit 0 when the file "
+        "was read, even if some rows were rejected (they are listed with their line "
+        "numbers); exit 1 when the file cannot be read or its header is not "
+        "BasicCompanyData's.")
+    p.add_argument("file", type=Path, metavar="FILE.csv")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_import_companies)
     return parser
 
 
-def _uuid(text: str) -> str:
-    import uuid
+def _daemon_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", dest="RUNNER_CONCURRENCY")
+    p.add_argument("--poll-interval", dest="RUNNER_POLL_INTERVAL")
+    p.add_argument("--shutdown-grace", dest="RUNNER_SHUTDOWN_GRACE")
+    p.add_argument("--metrics-addr", dest="RUNNER_METRICS_ADDR")
+    p.add_argument("--log-format", dest="RUNNER_LOG_FORMAT")
+    p.add_argument("--data-dir", dest="RUNNER_DATA_DIR",
+                   help="where the embedded Postgres keeps its data (no DATABASE_URL)")
 
+
+def _uuid(text: str) -> str:
     try:
         return str(uuid.UUID(text))
     except ValueError:
@@ -296,6 +757,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
         print(f"agent-runner: database error: {detail}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `agent-runner logs | head`: the reader left, which is not a failure. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,0 +1,281 @@
+"""``agent-runner demo``: seed 004's "Discovery -> Enrichment -> Scoring" example, end to end.
+
+What it does, in order (each stage is announced through ``progress``, which the CLI
+sends to stderr):
+
+1. Demo companies: when the ``companies`` table is empty, a synthetic
+   BasicCompanyData file (``scripts/generate_companies.py``, fixed seed, so every demo
+   sees the same companies) is written to a temporary directory and loaded with the
+   real importer. When the table already holds companies they are used as they are:
+   synthetic rows must never overwrite a real register import (the importer upserts
+   by company number), and on a re-run the demo's own companies are already there.
+2. The goal of the seed's example (SaaS + FinTech, UK + Ireland, 10-500 employees,
+   find 50, minimum quality 4.0) becomes a **new stream on every run**, so re-running
+   on the same database works and earlier results stay as they were. The three agents
+   (``demo-opportunity-bot``, ``demo-enrichment-agent``, ``demo-scoring-agent``) are
+   created on the first run and reused afterwards; they are assigned to the stream
+   with discovery -> enrichment -> scoring dependencies and the workflow is triggered
+   (``trigger_stream_workflow``): the database enqueues each next step when its parent
+   completes.
+3. An in-process :class:`runner.daemon.Daemon` (concurrency 3, metrics on an ephemeral
+   port so it never collides with a running daemon) works the queue until the
+   workflow run completes or fails, or ``timeout`` passes. Like any daemon it works
+   every pending task of the database while it runs, not only the demo's.
+4. The report: the stream's top companies and each agent's execution figures.
+
+Offline by default: the Anthropic and Companies House keys are dropped from the
+daemon's settings, so the agents run in their offline modes and nothing leaves the
+machine; ``online=True`` keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.util
+import logging
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg
+
+from runner import admin
+from runner.settings import Settings
+
+DEMO_SEED = 7
+DEMO_ROWS = 4000
+# The generator's snapshot date: fixed, so the same seed gives the same file forever.
+DEMO_AS_OF = dt.date(2024, 6, 1)
+
+GOAL_CRITERIA: dict[str, Any] = {
+    "industry": ["SaaS", "FinTech"],
+    "location": ["UK", "Ireland"],
+    "employee_count": {"min": 10, "max": 500},
+}
+TARGET_METRICS: dict[str, Any] = {"companies_to_find": 50, "min_quality_score": 4.0}
+
+#: (name, agent_type, assignment_role), in execution order; each depends on the previous.
+DEMO_AGENTS: tuple[tuple[str, str, str], ...] = (
+    ("demo-opportunity-bot", "opportunity_bot", "primary"),
+    ("demo-enrichment-agent", "enrichment_agent", "enrichment"),
+    ("demo-scoring-agent", "scoring_agent", "scoring"),
+)
+
+DEFAULT_TIMEOUT_SECONDS = 180.0
+TOP_COMPANIES = 10
+_WATCH_INTERVAL_SECONDS = 0.2
+
+Progress = Callable[[str], None]
+log = logging.getLogger("runner.demo")
+
+
+class DemoFailed(Exception):
+    """The demo could not finish; the message says why and what to do."""
+
+
+def run_demo(
+    settings: Settings,
+    conninfo: str,
+    *,
+    progress: Progress,
+    online: bool = False,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """Run the demo against the (migrated) database at ``conninfo``; returns the report
+    (JSON-ready apart from Decimal, datetime and UUID values)."""
+    started = time.monotonic()
+    companies = _ensure_companies(conninfo, progress)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        progress("creating the stream (SaaS + FinTech, UK + Ireland, 10-500 employees, "
+                 "find 50, min quality 4.0) and assigning the three agents")
+        try:
+            setup = admin.start_demo_workflow(
+                conn,
+                stream_name=f"Demo: SaaS + FinTech in UK & Ireland "
+                            f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC)",
+                goal_criteria=GOAL_CRITERIA,
+                target_metrics=TARGET_METRICS,
+                agents=DEMO_AGENTS,
+            )
+        except admin.DemoSetupError as exc:
+            raise DemoFailed(str(exc)) from None
+    for note in setup.notes:
+        progress(note)
+    progress(f"triggered workflow run {setup.run_id}")
+
+    daemon_settings = _daemon_settings(settings, online=online)
+    run_started = time.monotonic()
+    asyncio.run(_work_until_done(daemon_settings, conninfo, setup.run_id, progress,
+                                 within=timeout))
+    run_seconds = time.monotonic() - run_started
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        report = admin.demo_report(conn, setup.stream_id, setup.run_id, top=TOP_COMPANIES)
+    report["companies"] = companies
+    report["workflow_run"]["seconds"] = round(run_seconds, 2)
+    report["mode"] = "online" if online else "offline"
+    report["seconds"] = round(time.monotonic() - started, 2)
+    return report
+
+
+# -- 1. demo companies -----------------------------------------------------------------
+
+
+def _ensure_companies(conninfo: str, progress: Progress) -> dict[str, Any]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        present = admin.company_count(conn)
+    if present:
+        progress(f"using the {present:,} companies already in the database "
+                 "(demo companies are only loaded into an empty table)")
+        return {"loaded": False, "present": present, "import": None}
+    generator = _generator()
+    from agents.companies_import import CompaniesFileError, import_companies
+
+    with tempfile.TemporaryDirectory(prefix="agent-runner-demo-") as scratch:
+        path = Path(scratch) / "BasicCompanyData-demo.csv"
+        progress(f"generating {DEMO_ROWS:,} demo companies (BasicCompanyData format, "
+                 f"seed {DEMO_SEED})")
+        with path.open("w", encoding="utf-8", newline="") as out:
+            generator.generate(out, DEMO_ROWS, seed=DEMO_SEED, as_of=DEMO_AS_OF)
+        progress("importing them")
+        try:
+            report = asyncio.run(import_companies(conninfo, path))
+        except CompaniesFileError as exc:  # the generator and importer disagree: a bug
+            raise DemoFailed(f"the demo companies file was refused: {exc}") from None
+    progress(f"imported {report.inserted:,} companies in {report.seconds:.1f} s")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        present = admin.company_count(conn)
+    return {"loaded": True, "present": present, "import": report.as_dict()}
+
+
+def _generator() -> ModuleType:
+    """The BasicCompanyData generator, loaded from the checkout's ``scripts/``.
+
+    It is a script rather than a module of the ``runner`` or ``agents`` packages, so
+    it is found by path; an installed wheel without it cannot load demo data.
+    """
+    path = Path(__file__).resolve().parent.parent / "scripts" / "generate_companies.py"
+    spec = importlib.util.spec_from_file_location("agent_runner_generate_companies", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise DemoFailed(
+            f"the demo data generator is missing ({path}); run the demo from a source "
+            "checkout, or import your own BasicCompanyData file with "
+            "`agent-runner import-companies FILE.csv` first")
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the module executes.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- 3. the daemon ---------------------------------------------------------------------
+
+
+def _daemon_settings(settings: Settings, *, online: bool) -> Settings:
+    update: dict[str, Any] = {
+        "concurrency": 3,
+        # Port 0: the OS picks a free port, so a daemon already running here (or a
+        # second demo) never collides with this one.
+        "metrics_addr": "127.0.0.1:0",
+        # Nothing should be in flight once the run is done; an interrupted demo hands
+        # its work back quickly.
+        "shutdown_grace": min(settings.shutdown_grace, 5.0),
+    }
+    if not online:
+        update.update(anthropic_api_key=None, companies_house_api_key=None)
+    return settings.model_copy(update=update)
+
+
+async def _work_until_done(
+    settings: Settings, conninfo: str, run_id: str, progress: Progress, *, within: float
+) -> None:
+    from runner.daemon import Daemon
+
+    daemon = Daemon(settings, conninfo)
+    daemon_task = asyncio.create_task(daemon.run(install_signal_handlers=False))
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted.set)
+    try:
+        outcome = await _watch(conninfo, run_id, progress, daemon_task, interrupted,
+                               within=within)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        daemon.request_stop()
+        exit_code = await daemon_task
+    if outcome is not None:
+        raise DemoFailed(outcome)
+    if exit_code != 0:
+        raise DemoFailed(f"the demo's daemon stopped with exit code {exit_code}; "
+                         "see the messages above")
+
+
+async def _watch(
+    conninfo: str,
+    run_id: str,
+    progress: Progress,
+    daemon_task: asyncio.Task[int],
+    interrupted: asyncio.Event,
+    *,
+    within: float,
+) -> str | None:
+    """Follow the run, announcing each step's changes; None when it completed, else
+    why the demo must stop."""
+    deadline = time.monotonic() + within
+    announced: dict[str, str] = {}
+    conn = await asyncio.to_thread(_connect, conninfo)
+    with conn:
+        while True:
+            state = await asyncio.to_thread(admin.workflow_progress, conn, run_id)
+            for step in state["steps"]:
+                line = _step_line(step)
+                if announced.get(step["agent_name"]) != line:
+                    announced[step["agent_name"]] = line
+                    progress(line)
+            if state["status"] == "completed":
+                return None
+            if state["status"] == "failed":
+                return (f"workflow run {run_id} failed: {state['error_message']} "
+                        f"(`agent-runner show TASK_ID` has the details)")
+            if daemon_task.done():
+                return "the demo's daemon stopped before the workflow finished"
+            if interrupted.is_set():
+                return "interrupted; unfinished work was handed back to the queue"
+            if time.monotonic() > deadline:
+                waiting = ", ".join(f"{s['agent_name']} {s['status']}" for s in state["steps"])
+                return (f"the workflow did not finish within {within:.0f} s ({waiting}); "
+                        f"it is still queued: `agent-runner run` finishes it")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(interrupted.wait(), _WATCH_INTERVAL_SECONDS)
+
+
+def _connect(conninfo: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(conninfo, autocommit=True)
+
+
+_STAGES = {"opportunity_bot": "discovery", "enrichment_agent": "enrichment",
+           "scoring_agent": "scoring"}
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    stage = _STAGES.get(step["agent_type"], step["agent_type"])
+    line = f"{stage} ({step['agent_name']}): {step['status']}"
+    if step["status"] == "completed" and step["output"]:
+        figures = ", ".join(f"{k} {v}" for k, v in step["output"].items()
+                            if isinstance(v, int | float) and not isinstance(v, bool))
+        line += f" in {step['duration_ms'] / 1000:.1f} s" if step["duration_ms"] else ""
+        line += f" ({figures})" if figures else ""
+    elif step["status"] == "not_started" and step["note"]:
+        line = f"{stage} ({step['agent_name']}): {step['note']}"  # "not started: why"
+    elif step["note"] and step["status"] not in ("pending", "processing", "waiting"):
+        line += f": {step['note']}"
+    return line
