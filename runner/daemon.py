@@ -296,6 +296,13 @@ class Daemon:
 
         asyncio.get_running_loop().call_later(max(0.0, delay) + 0.005, wake)
 
+    def _heartbeat_period(self) -> float:
+        """The heartbeat also feeds systemd's watchdog, so it must beat at least as
+        often as the watchdog asks (half of WATCHDOG_USEC), whatever the setting says."""
+        watchdog = sdnotify.watchdog_interval()
+        period = self.settings.heartbeat_interval
+        return min(period, watchdog) if watchdog else period
+
     def _executor(self) -> Executor:
         assert self.executor is not None
         return self.executor
@@ -305,7 +312,7 @@ class Daemon:
         settings = self.settings
         side = {
             asyncio.create_task(
-                self._every(settings.heartbeat_interval, self.heartbeat_once, "heartbeat"),
+                self._every(self._heartbeat_period(), self.heartbeat_once, "heartbeat"),
                 name="heartbeat"),
             asyncio.create_task(
                 self._every(settings.heartbeat_interval, self.rescue_once, "rescuer"),

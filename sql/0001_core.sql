@@ -6,8 +6,9 @@
 -- at the job of the current attempt; agent_tasks.current_execution_id at the attempt
 -- that owns the task while it is 'processing'. A finishing attempt writes only if it
 -- still owns the task (fencing, see runner/store.py).
-
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
+--
+-- Only built-ins are used (gen_random_uuid() is core since PostgreSQL 13), so the
+-- schema installs on servers without contrib extensions, like the embedded one.
 
 -- Organizations -------------------------------------------------------------------
 
