@@ -445,7 +445,9 @@ class _Loader:
                 group.create_task(rebuild(conn))
 
     async def _load(self, file: IO[bytes], eol: bytes, batch_rows: int) -> None:
-        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=len(self._conns))
+        # One batch read ahead is enough to keep the connections fed; each batch held
+        # costs batch_rows * ~500 bytes of memory.
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._produce(file, eol, batch_rows, queue))

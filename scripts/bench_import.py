@@ -57,9 +57,10 @@ def _run(label: str, url: str, path: Path, batch_rows: int) -> dict[str, Any]:
         f"bulk load: {report.bulk_load}",
         flush=True,
     )
+    peak_mb = bench.rss_mb(os.getpid())["VmHWM"]
     print(
         f"  CPU: Python {python_cpu:.1f} s, Postgres backends {backend_cpu:.1f} s "
-        f"(index builds' parallel workers not counted); "
+        f"(index builds' parallel workers not counted); Python peak RSS {peak_mb:.0f} MB; "
         f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -69,6 +70,7 @@ def _run(label: str, url: str, path: Path, batch_rows: int) -> dict[str, Any]:
         "rows_per_second": round(rate),
         "python_cpu_s": round(python_cpu, 1),
         "postgres_cpu_s": round(backend_cpu, 1),
+        "python_peak_rss_mb": round(peak_mb),
         "bulk_load": report.bulk_load,
     }
 

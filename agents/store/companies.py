@@ -167,7 +167,8 @@ _UPSERT = (
     "ON CONFLICT (company_number) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in IMPORTED_COLUMNS[1:])
     + ", imported_at = now(), updated_at = now() "
-    # Changed meanwhile by a concurrent import: skip it if it is now the same.
+    # The probe and the insert are not atomic: a row another writer stored meanwhile
+    # is rewritten only if it differs.
     f"WHERE NOT ({_SAME.replace('incoming.', 'EXCLUDED.')}) "
     # xmax is 0 on a freshly inserted row version and set on an updated one.
     "RETURNING xmax = 0 AS inserted) "
