@@ -374,6 +374,10 @@ class CronScheduler:
             },
         )
         self._loaded: dict[UUID, _Loaded] = {}
+        # Agents whose missed fires are checked at the next reload: schedules new or
+        # changed in this daemon (its (re)load), and fires that failed on a connection
+        # problem. Not every agent at every reload: the look-back costs CPU.
+        self._catch_up_due: set[UUID] = set()
         self._reported_invalid: set[tuple[UUID, str, str]] = set()
         self._reported_skipped: set[tuple[UUID, dt.datetime]] = set()
         self._fatal: BaseException | None = None
@@ -440,18 +444,23 @@ class CronScheduler:
         for agent_id, loaded in wanted.items():
             current = self._loaded.get(agent_id)
             if current is None or current.key != loaded.key:
+                # The job carries the schedule it was computed from: its fires claim
+                # with that expression, and the database refuses them once it changed.
                 job = self._scheduler.add_job(
-                    self._on_fire, loaded.trigger, args=[agent_id], id=str(agent_id),
+                    self._on_fire, loaded.trigger, args=[loaded], id=str(agent_id),
                     name=f"cron:{loaded.row.name}", replace_existing=True,
                 )
+                self._catch_up_due.add(agent_id)
                 logger.info("cron_schedule_loaded", extra={
                     "agent_id": str(agent_id), "agent": loaded.row.name,
                     "schedule_cron": loaded.row.schedule_cron,
                     "schedule_timezone": loaded.row.schedule_timezone,
                     "next_fire_time": str(job.next_run_time)})
         self._loaded = wanted
-        for loaded in list(wanted.values()):
-            await self._catch_up(loaded)
+        self._catch_up_due &= wanted.keys()
+        for agent_id in sorted(self._catch_up_due):
+            self._catch_up_due.discard(agent_id)
+            await self._catch_up(wanted[agent_id])
 
     async def _catch_up(self, loaded: _Loaded) -> None:
         row = loaded.row
@@ -478,15 +487,13 @@ class CronScheduler:
 
     # -- fires ---------------------------------------------------------------------------
 
-    async def _on_fire(self, agent_id: UUID, *, fire_time: dt.datetime | None = None) -> None:
+    async def _on_fire(self, loaded: _Loaded, *, fire_time: dt.datetime | None = None) -> None:
         """A job's fire, from APScheduler (with the scheduled time, see the executor;
         the default only keeps APScheduler's signature check at add_job quiet)."""
+        agent_id = loaded.row.agent_id
         try:
             if fire_time is None:
                 raise RuntimeError("cron fire without its scheduled time")
-            loaded = self._loaded.get(agent_id)
-            if loaded is None:
-                return
             late = self._clock() - fire_time
             if late > ON_TIME_GRACE and self._catchup == "skip":
                 logger.info("cron_late_fire_skipped", extra={
@@ -519,6 +526,7 @@ class CronScheduler:
                 )
         except _TRANSIENT as exc:
             self.outcomes["error"] += 1
+            self._catch_up_due.add(row.agent_id)
             logger.warning("cron_fire_failed", extra={
                 "agent_id": str(row.agent_id), "fire_time": fire_time.isoformat(),
                 "error": str(exc)})

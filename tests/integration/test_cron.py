@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from runner import metrics
+from runner import metrics, workflows
 from runner.scheduler import CronScheduler, SchedulerOptions, scheduler_side_task
 from tests.harness import await_until, test_settings
 
@@ -215,11 +215,11 @@ async def test_late_fires_follow_the_catch_up_policy(pool: AsyncConnectionPool) 
     late = _last_fire(60) - dt.timedelta(minutes=5)
     async with _scheduler(pool, catchup="skip") as skipper:
         await skipper.reload()
-        await skipper._on_fire(agent_id, fire_time=late)
+        await skipper._on_fire(skipper._loaded[agent_id], fire_time=late)
         assert await _scalar(pool, "SELECT count(*) FROM agent_tasks") == 0
     async with _scheduler(pool, catchup="once") as once:
         await once.reload()
-        await once._on_fire(agent_id, fire_time=late)
+        await once._on_fire(once._loaded[agent_id], fire_time=late)
     assert await _scalar(pool, "SELECT count(*) FROM cron_fires WHERE fire_time = %s",
                          (late,)) == 1
 
@@ -288,3 +288,32 @@ async def test_schedule_changes_are_notified(db_url: str, pool: AsyncConnectionP
                 await conn.execute(statement, params)
         payloads = [n.payload async for n in listen.notifies(timeout=1)]
     assert payloads == [str(agent_id), str(agent_id), str(unrelated), str(agent_id)]
+
+
+async def test_a_fire_lost_to_a_connection_problem_is_caught_up_at_the_next_reload(
+    pool: AsyncConnectionPool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent_id = await _agent(pool, "daily", "0 9 * * *")
+    now = dt.datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE ai_agents SET schedule_changed_at = %s WHERE id = %s",
+                           (now - dt.timedelta(days=1), agent_id))
+    claim = workflows.record_cron_fire
+    attempts = 0
+
+    async def connection_lost_once(*args: Any, **kwargs: Any) -> workflows.FireResult:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(workflows, "record_cron_fire", connection_lost_once)
+    async with _scheduler(pool, clock=lambda: now) as scheduler:
+        await scheduler.reload()
+        assert await _scalar(pool, "SELECT count(*) FROM agent_tasks") == 0
+        await scheduler.reload()
+        await scheduler.reload()
+    assert attempts == 2
+    assert await _scalar(pool, "SELECT fire_time FROM cron_fires") == now.replace(hour=9)
+    assert await _scalar(pool, "SELECT count(*) FROM agent_tasks") == 1
