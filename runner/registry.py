@@ -15,6 +15,8 @@ BUILTIN_AGENTS: Mapping[str, str] = {
     "noop": "agents.noop:NoopAgent",
     "llm_agent": "agents.llm_agent:LLMAgent",
     "enrichment_agent": "agents.enrichment_agent:EnrichmentAgent",
+    "opportunity_bot": "agents.opportunity_bot:OpportunityBot",
+    "scoring_agent": "agents.scoring_agent:ScoringAgent",
 }
 
 
