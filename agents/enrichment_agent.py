@@ -136,6 +136,8 @@ class WebsiteConfig(BaseModel):
     deadline_seconds: float = Field(default=10.0, gt=0, le=120)
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, le=16 * 1024 * 1024)
     max_redirects: int = Field(default=5, ge=0, le=20)
+    # Off by default: see agents.website.fetch_page (untrusted addresses).
+    allow_private_addresses: bool = False
 
 
 class CompaniesHouseConfig(BaseModel):
@@ -426,6 +428,7 @@ class EnrichmentAgent:
                 fetched = await fetch_page(
                     run.web, url, deadline=site.deadline_seconds, max_bytes=site.max_bytes,
                     max_redirects=site.max_redirects, observe=run.ctx.observe_http_call,
+                    allow_private_addresses=site.allow_private_addresses,
                 )
                 page = analyse_page(fetched)
             except WebsiteError as exc:

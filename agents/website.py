@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Final, Literal
@@ -69,7 +70,8 @@ _HTML_TYPES: Final = ("text/html", "application/xhtml+xml")
 ObserveCall = Callable[[str, str], None]
 
 WebsiteErrorKind = Literal[
-    "invalid_url", "timeout", "too_many_redirects", "not_html", "http_error", "transport"
+    "invalid_url", "timeout", "too_many_redirects", "not_html", "http_error", "transport",
+    "blocked_address",
 ]
 
 
@@ -116,8 +118,15 @@ async def fetch_page(
     max_redirects: int = 5,
     max_bytes: int = DEFAULT_MAX_BYTES,
     observe: ObserveCall | None = None,
+    allow_private_addresses: bool = False,
 ) -> FetchedPage:
     """Fetch one page within the bounds above, or raise :class:`WebsiteError`.
+
+    Website addresses come from imported data, so they are untrusted: unless
+    ``allow_private_addresses``, a host that resolves to a loopback, private,
+    link-local (cloud metadata), multicast or reserved address is refused, on every
+    redirect hop. (A DNS answer that changes between this check and httpx's own lookup
+    is not caught; an egress firewall is the complete answer to that.)
 
     ``deadline`` bounds the whole fetch, redirects and body included, in seconds.
     ``observe(service, outcome)`` is called once per HTTP request made (each redirect
@@ -126,7 +135,9 @@ async def fetch_page(
         raise WebsiteError("invalid_url", f"not an http(s) URL: {url!r}")
     try:
         async with asyncio.timeout(deadline):
-            return await _follow(http, url, deadline, max_redirects, max_bytes, observe)
+            return await _follow(
+                http, url, deadline, max_redirects, max_bytes, observe, allow_private_addresses
+            )
     except TimeoutError:
         _observe(observe, "timeout")
         raise WebsiteError("timeout", f"{url}: no complete answer within {deadline:g} s") from None
@@ -139,10 +150,13 @@ async def _follow(
     max_redirects: int,
     max_bytes: int,
     observe: ObserveCall | None,
+    allow_private_addresses: bool,
 ) -> FetchedPage:
     cookies: dict[str, str] = {}
     current = url
     for hop in range(max_redirects + 1):
+        if not allow_private_addresses:
+            await _refuse_non_public(current)
         try:
             async with http.stream(
                 "GET", current, follow_redirects=False, timeout=deadline,
@@ -186,6 +200,25 @@ async def _follow(
             _observe(observe, "error")
             raise WebsiteError("transport", f"{current}: {type(exc).__name__}: {exc}") from None
     raise WebsiteError("too_many_redirects", f"{url}: more than {max_redirects} redirects")
+
+
+async def _refuse_non_public(url: str) -> None:
+    host = urlsplit(url).hostname or ""
+    try:
+        literal = ipaddress.ip_address(host)
+        addresses = {literal}
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+        except OSError as exc:
+            raise WebsiteError("transport", f"{url}: cannot resolve {host!r}: {exc}") from None
+        addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
+    blocked = sorted(str(a) for a in addresses if not a.is_global)
+    if blocked:
+        raise WebsiteError(
+            "blocked_address",
+            f"{url}: {host!r} resolves to a non-public address ({', '.join(blocked)})",
+        )
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:

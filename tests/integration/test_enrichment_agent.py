@@ -29,7 +29,8 @@ REGISTRY = Registry([EnrichmentAgent()])
 # Short bounds so the failure cases cost well under a second each.
 CONFIGURATION = {
     "concurrency": 4,
-    "website": {"deadline_seconds": 1.0},
+    # The stand-in sites live on 127.0.0.1, which production refuses by default.
+    "website": {"deadline_seconds": 1.0, "allow_private_addresses": True},
     "companies_house": {"max_attempts": 2, "backoff_base_seconds": 0.01,
                         "backoff_max_seconds": 0.02, "max_rate_limit_wait_seconds": 2},
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -19,6 +20,10 @@ from agents.website import (
     social_score,
 )
 from tests.standins.websites import WebsitesStandIn, running_websites
+
+# The stand-in sites listen on 127.0.0.1, which fetch_page refuses unless told otherwise
+# (see test_private_addresses_are_refused_by_default).
+fetch_local = functools.partial(fetch_page, allow_private_addresses=True)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,7 @@ async def test_fetch_returns_headers_cookies_and_html(
     http: httpx.AsyncClient, sites: WebsitesStandIn,
 ) -> None:
     calls = Calls()
-    page = await fetch_page(http, sites.site_url("shop"), observe=calls)
+    page = await fetch_local(http, sites.site_url("shop"), observe=calls)
     assert page.status_code == 200
     assert page.final_url == sites.site_url("shop")
     assert page.header("X-Shopify-Stage") == "production"
@@ -55,12 +60,12 @@ async def test_fetch_returns_headers_cookies_and_html(
 async def test_size_cap_stops_reading_and_hides_evidence_past_it(
     http: httpx.AsyncClient, sites: WebsitesStandIn,
 ) -> None:
-    page = await fetch_page(http, sites.site_url("big"), max_bytes=64 * 1024)
+    page = await fetch_local(http, sites.site_url("big"), max_bytes=64 * 1024)
     assert page.truncated
     assert len(page.html.encode()) == 64 * 1024
     # The Stripe script sits at the very end of the 3 MiB page.
     assert "Stripe" not in analyse_page(page).tech_stack
-    default = await fetch_page(http, sites.site_url("big"))
+    default = await fetch_local(http, sites.site_url("big"))
     assert default.truncated and len(default.html.encode()) == 1024 * 1024
 
 
@@ -70,7 +75,7 @@ async def test_slow_server_hits_the_deadline(
     calls = Calls()
     started = time.monotonic()
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, sites.site_url("slow"), deadline=0.5, observe=calls)
+        await fetch_local(http, sites.site_url("slow"), deadline=0.5, observe=calls)
     assert caught.value.kind == "timeout"
     assert time.monotonic() - started < 2
     assert calls == [("website", "timeout")]
@@ -83,7 +88,7 @@ async def test_trickling_body_cannot_outlast_the_deadline(
     # stops this one.
     started = time.monotonic()
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, sites.site_url("trickle"), deadline=0.6)
+        await fetch_local(http, sites.site_url("trickle"), deadline=0.6)
     assert caught.value.kind == "timeout"
     assert time.monotonic() - started < 2
 
@@ -92,12 +97,12 @@ async def test_redirects_are_followed_within_the_limit(
     http: httpx.AsyncClient, sites: WebsitesStandIn,
 ) -> None:
     calls = Calls()
-    page = await fetch_page(http, f"{sites.url}/hop/1", observe=calls)
+    page = await fetch_local(http, f"{sites.url}/hop/1", observe=calls)
     assert page.final_url == sites.site_url("wordpress")
     assert page.redirects == 2
     assert calls == [("website", "ok")] * 3
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, f"{sites.url}/hop/1", max_redirects=1)
+        await fetch_local(http, f"{sites.url}/hop/1", max_redirects=1)
     assert caught.value.kind == "too_many_redirects"
 
 
@@ -106,7 +111,7 @@ async def test_redirect_loop_ends_at_the_limit(
 ) -> None:
     before = len(sites.requests)
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, f"{sites.url}/loop/a", max_redirects=4)
+        await fetch_local(http, f"{sites.url}/loop/a", max_redirects=4)
     assert caught.value.kind == "too_many_redirects"
     assert len(sites.requests) - before == 5  # the first request and four redirects
 
@@ -118,17 +123,17 @@ async def test_only_http_and_html_are_accepted(
                 "not a url", "http://"):
         assert not is_fetchable_url(url)
         with pytest.raises(WebsiteError) as caught:
-            await fetch_page(http, url)
+            await fetch_local(http, url)
         assert caught.value.kind == "invalid_url"
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, f"{sites.url}/to-ftp/")
+        await fetch_local(http, f"{sites.url}/to-ftp/")
     assert caught.value.kind == "invalid_url"
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, sites.site_url("json"))
+        await fetch_local(http, sites.site_url("json"))
     assert caught.value.kind == "not_html"
     calls = Calls()
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, sites.site_url("missing"), observe=calls)
+        await fetch_local(http, sites.site_url("missing"), observe=calls)
     assert caught.value.kind == "http_error"
     assert calls == [("website", "not_found")]
 
@@ -136,7 +141,7 @@ async def test_only_http_and_html_are_accepted(
 async def test_unreachable_host_is_a_transport_error(http: httpx.AsyncClient) -> None:
     calls = Calls()
     with pytest.raises(WebsiteError) as caught:
-        await fetch_page(http, "http://127.0.0.1:9/", observe=calls)
+        await fetch_local(http, "http://127.0.0.1:9/", observe=calls)
     assert caught.value.kind == "transport"
     assert calls == [("website", "error")]
 
@@ -158,7 +163,7 @@ async def test_page_analysis_of_the_fake_sites(
     http: httpx.AsyncClient, sites: WebsitesStandIn,
     site: str, stack: set[str], platforms: set[str], hiring: bool,
 ) -> None:
-    analysis = analyse_page(await fetch_page(http, sites.site_url(site)))
+    analysis = analyse_page(await fetch_local(http, sites.site_url(site)))
     assert set(analysis.tech_stack) == stack
     assert set(analysis.social_links) == platforms
     assert analysis.social_score == pytest.approx(sum(SOCIAL_WEIGHTS[p] for p in platforms))
@@ -180,3 +185,12 @@ def test_share_buttons_and_bare_domains_are_not_profiles() -> None:
         '<a href="https://uk.linkedin.com/company/acme">in</a>'
     )
     assert social_links(features) == {"linkedin": "https://uk.linkedin.com/company/acme"}
+
+
+async def test_private_addresses_are_refused_by_default() -> None:
+    async with httpx.AsyncClient() as http:
+        for url in ("http://127.0.0.1:9/", "http://169.254.169.254/latest/meta-data/",
+                    "http://10.0.0.1/", "http://[::1]/", "http://localhost/"):
+            with pytest.raises(WebsiteError) as info:
+                await fetch_page(http, url)
+            assert info.value.kind == "blocked_address", url
