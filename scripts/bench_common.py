@@ -56,7 +56,7 @@ def database_url(name: str) -> str:
 
 def _admin(statement: str) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
 
 
 @contextlib.contextmanager
@@ -78,7 +78,7 @@ def scratch_database(prefix: str) -> Iterator[str]:
 def execute(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     """One statement on a short-lived autocommit connection; its rows (or [])."""
     with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(sql, params)  # type: ignore[arg-type]
+        cur = conn.execute(sql, params)
         return cur.fetchall() if cur.description else []
 
 
@@ -210,6 +210,17 @@ def wait_until(
 
 class BenchError(Exception):
     """The benchmark could not produce its figure (not: the figure missed its goal)."""
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Exit with ``main()``'s code; a :class:`BenchError` becomes a one-paragraph message
+    and exit 1 (no RESULT line, so ``bench_all.sh`` reports the benchmark as not run)."""
+    try:
+        code = main()
+    except BenchError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    sys.exit(code)
 
 
 # -- /proc ---------------------------------------------------------------------------

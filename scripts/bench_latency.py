@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import time
 
 import bench_common as bc
@@ -114,4 +113,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bc.run_main(main)

@@ -22,7 +22,6 @@ import argparse
 import math
 import os
 import signal
-import sys
 
 import bench_common as bc
 
@@ -166,4 +165,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bc.run_main(main)
