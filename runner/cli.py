@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import sys
@@ -128,37 +129,39 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
 
 
 @contextlib.contextmanager
-def _database_for_daemon(settings: Settings) -> Iterator[str]:
+def _database_for_daemon(settings: Settings, say: Callable[[str], None]) -> Iterator[str]:
     """``DATABASE_URL``, or the embedded Postgres under ``RUNNER_DATA_DIR``: started
     (or joined, when another agent-runner already runs it), migrated, and stopped on
-    the way out if this process started it."""
+    the way out if this process started it. ``say`` tells the operator which."""
     if settings.database_url:
         yield settings.database_url
         return
     from runner.embedded_pg import EmbeddedPostgresError, start_embedded_postgres
 
     data_dir = settings.data_dir.expanduser().resolve()
-    _say(f"DATABASE_URL is not set: starting the embedded Postgres in {data_dir} "
-         "(set DATABASE_URL to use your own server)")
+    say(f"DATABASE_URL is not set: starting the embedded Postgres in {data_dir} "
+        "(set DATABASE_URL to use your own server)")
     try:
         server = start_embedded_postgres(data_dir)
     except EmbeddedPostgresError as exc:
         raise CommandFailed(str(exc)) from None
     try:
         if not server.owns_server:
-            _say("joined the embedded Postgres another agent-runner process started")
+            say("joined the embedded Postgres another agent-runner process started")
         applied = migrate(server.url)
         if applied:
-            _say(f"migrated the embedded database ({len(applied)} migrations)")
+            say(f"migrated the embedded database ({len(applied)} migrations)")
+        # Local socket, trust auth: no secret in it, and the other commands need it.
+        say(f"while this runs, other commands reach it with DATABASE_URL='{server.url}'")
         yield server.url
     finally:
         try:
             server.stop()
         except EmbeddedPostgresError as exc:
-            _say(f"warning: {exc}")
+            say(f"warning: {exc}")
         else:
             if server.owns_server:
-                _say("stopped the embedded Postgres")
+                say("stopped the embedded Postgres")
 
 
 def _say(message: str) -> None:
@@ -190,15 +193,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             check_schema_current(settings.database_url)
         except SchemaBehind as exc:
             raise CommandFailed(str(exc)) from None
-    with _database_for_daemon(settings) as url:
+    # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
+    with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
         daemon = Daemon(settings, url, extra_side_tasks=[scheduler_side_task])
         return asyncio.run(daemon.run())
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from runner import demo
+    from runner import demo, logs
 
-    with _database_for_daemon(settings) as url:
+    # The daemon's routine INFO lines would drown the stage lines; problems still show.
+    logs.configure(settings.log_format, "ERROR" if settings.log_level == "ERROR" else "WARNING")
+    with _database_for_daemon(settings, _say) as url:
         if settings.database_url:
             _say("using DATABASE_URL; migrating it first")
             migrate(url)
@@ -207,6 +213,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
                                    timeout=args.timeout)
         except demo.DemoFailed as exc:
             raise CommandFailed(f"demo failed: {exc}") from None
+        # The embedded server's URI holds no secret (a local socket, trust auth); the
+        # user's own DATABASE_URL may hold a password and is never echoed.
+        embedded = settings.database_url is None
+        report["database"] = {"embedded": embedded, "url": url if embedded else None}
     if args.json:
         _print_json(report)
     else:
@@ -236,8 +246,15 @@ def _print_demo_report(report: dict[str, Any]) -> None:
             for agent in report["agents"]]
     _print_table(rows, ["agent_name", "agent_type", "status", "executions", "duration",
                         "llm_calls", "llm_cost_usd"])
-    print("\nnext: `agent-runner show TASK_ID` for a task's executions and logs; "
-          "`agent-runner tasks`, `agent-runner agents`")
+    if report["agents"]:
+        last = report["agents"][-1]["task_id"]
+        print(f"\nmore: `agent-runner show {last}` (a task, its executions, logs and the "
+              "run's tree), `agent-runner agents`, `agent-runner tasks`")
+    database = report.get("database") or {}
+    if database.get("embedded"):
+        # The other commands need DATABASE_URL; the embedded server is stopped by now.
+        print("the embedded Postgres is stopped and keeps its data: to look around, start "
+              "it with `agent-runner run` and use the DATABASE_URL it prints")
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -625,7 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo", help="migrate, load demo companies, run discovery -> enrichment -> scoring, "
-        "print the scored stream")
+        "print the scored stream",
+        description="Seed 004's example end to end, offline: loads a few thousand synthetic "
+        "companies (only into an empty companies table), creates a NEW stream on every run "
+        "(SaaS + FinTech, UK + Ireland, 10-500 employees, find 50, min quality 4.0), "
+        "reuses the demo-* agents, runs the workflow in-process and prints the top "
+        "companies and per-agent figures. Without DATABASE_URL it uses the embedded "
+        "Postgres under RUNNER_DATA_DIR. While it runs, its daemon also works any other "
+        "pending task of that database.")
     p.add_argument("--data-dir", dest="RUNNER_DATA_DIR",
                    help="where the embedded Postgres keeps its data (no DATABASE_URL)")
     p.add_argument("--online", action="store_true",
@@ -756,6 +780,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.Error as exc:
         detail = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
         print(f"agent-runner: database error: {detail}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("agent-runner: interrupted", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         # `agent-runner logs | head`: the reader left, which is not a failure. Point
