@@ -244,8 +244,9 @@ async def _watch(
             if state["status"] == "completed":
                 return None
             if state["status"] == "failed":
-                return (f"workflow run {run_id} failed: {state['error_message']} "
-                        f"(`agent-runner show TASK_ID` has the details)")
+                failed = [s["task_id"] for s in state["steps"] if s["status"] == "failed"]
+                where = f"`agent-runner show {failed[0]}`" if failed else "`agent-runner tasks`"
+                return f"workflow run {run_id} failed: {state['error_message']} (see {where})"
             if daemon_task.done():
                 return "the demo's daemon stopped before the workflow finished"
             if interrupted.is_set():
