@@ -111,9 +111,9 @@ def _iso(column: str) -> str:
 #
 # Every step ends in OFFSET 0, an optimisation fence. Without it PostgreSQL flattens
 # the inlined CTEs and substitutes each column's expression wherever it is used, so
-# quality_score (used eight times in ``banded``) would repeat the whole formula, its
-# subqueries included, eight times per row: 20 times slower at 100 000 items. With the
-# fences each step is computed once per row, and nothing is materialised.
+# quality_score (used seven times in ``banded``) would repeat the whole formula, its
+# subqueries included, seven times per row. With the fences each step is computed once
+# per row, nothing is materialised, and columns no later step reads are not computed.
 _SCORE_CHAIN = f"""
 facts AS (
     SELECT src.*,
@@ -601,8 +601,8 @@ async def _scoring_settings(conn: Conn) -> None:
     JIT off: these statements are hundreds of expressions over many rows, so their cost
     estimate always passes jit_above_cost, and compiling them took longer (7 s of 10 at
     20 000 items, scripts/bench_scoring.py) than running them interpreted.
-    work_mem 64MB: the position window sorts about 200 bytes per item, which spills to
-    disk beyond the default 4MB at some 20 000 items."""
+    work_mem 64MB: the position window sorts a few hundred bytes per item, which
+    spilled to disk with the default 4MB from about 20 000 items."""
     await conn.execute(
         "SELECT set_config('jit', 'off', true), set_config('work_mem', '64MB', true)")
 
