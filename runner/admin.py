@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -216,11 +215,6 @@ def logs_after(conn: Conn, *, task_id: str | None, after_id: int) -> list[dict[s
         return cur.fetchall()
 
 
-def last_log_id(conn: Conn) -> int:
-    row = conn.execute("SELECT coalesce(max(id), 0) FROM agent_task_logs").fetchone()
-    return int(row[0]) if row else 0
-
-
 LOG_CHANNEL = "agent_runner_logs"
 
 
@@ -270,21 +264,20 @@ def show_agent(conn: Conn, name_or_id: str) -> dict[str, Any] | None:
         )
         assignments = cur.fetchall()
         cur.execute(
-            "SELECT (metrics ->> 'llm_calls')::bigint AS llm_calls, "
-            "(metrics ->> 'cost_usd')::numeric AS cost_usd FROM agent_executions "
-            "WHERE agent_id = %s",
+            "SELECT coalesce(sum((metrics ->> 'llm_calls')::bigint), 0) AS llm_calls, "
+            "coalesce(sum((metrics ->> 'cost_usd')::numeric), 0) AS llm_cost_usd "
+            "FROM agent_executions WHERE agent_id = %s",
             (found["id"],),
         )
-        llm = [row for row in cur.fetchall() if row["llm_calls"] or row["cost_usd"]]
+        llm = cur.fetchone()
         cur.execute(
             f"SELECT {_TASK_COLUMNS} FROM agent_tasks t JOIN ai_agents a ON a.id = t.agent_id "
             "WHERE t.agent_id = %s ORDER BY t.created_at DESC LIMIT 10",
             (found["id"],),
         )
         recent = cur.fetchall()
-    assert agent is not None
-    agent["llm_calls"] = sum(row["llm_calls"] or 0 for row in llm)
-    agent["llm_cost_usd"] = sum((row["cost_usd"] or 0 for row in llm), Decimal(0))
+    assert agent is not None and llm is not None
+    agent.update(llm)
     return {"agent": agent, "assignments": assignments, "recent_tasks": recent}
 
 

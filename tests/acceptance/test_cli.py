@@ -216,6 +216,11 @@ def test_show_a_task_with_executions_and_logs(db_url: str, tmp_path: Path) -> No
     with daemons(db_url, tmp_path, RUNNER_RETRY_BASE_DELAY="0.1"):
         wait_until(lambda: _status(db_url, task_id) == "completed", message="completion")
     _log(db_url, task_id, "a line the operator wrote")
+    # What the executor records for an attempt that called a model (CONTRACT.md).
+    query(db_url, "UPDATE agent_executions SET metrics = metrics || "
+                  "'{\"llm_calls\": 2, \"input_tokens\": 1200, \"output_tokens\": 300, "
+                  "\"cost_usd\": 0.0123}' WHERE task_id = %s AND status = 'completed' "
+                  "RETURNING id", (task_id,))
 
     document = _json(db_url, "show", task_id)
     assert document["task"]["id"] == task_id
@@ -223,11 +228,16 @@ def test_show_a_task_with_executions_and_logs(db_url: str, tmp_path: Path) -> No
     assert document["task"]["output"] == {"slept": 0, "attempt": 2}
     assert [e["status"] for e in document["executions"]] == ["failed", "completed"]
     assert all(isinstance(e["duration_ms"], int) for e in document["executions"])
+    failed, completed = document["executions"]
+    assert (failed["llm_calls"], failed["cost_usd"]) == (None, None)
+    assert (completed["llm_calls"], completed["cost_usd"]) == (2, 0.0123)
+    assert completed["metrics"]["input_tokens"] == 1200
     assert "a line the operator wrote" in [line["message"] for line in document["logs"]]
     assert document["workflow"] is None
 
     human = _ok(db_url, "show", task_id)
     assert "executions:" in human and "logs:" in human
+    assert "COST_USD" in human and "0.0123" in human
     assert "a line the operator wrote" in human
     assert "planned failure 1 of 1" in human
 
@@ -489,9 +499,12 @@ def test_agents_list_and_show_with_performance(db_url: str, tmp_path: Path) -> N
     human = _ok(db_url, "agents", "list")
     assert "SUCCESS_RATE" in human and "50.00" in human and "0 9 * * *" in human
 
+    query(db_url, "UPDATE agent_executions SET metrics = metrics || "
+                  "'{\"llm_calls\": 1, \"cost_usd\": 0.5}' RETURNING id")
     document = _json(db_url, "agents", "show", "n")
     assert document["agent"]["name"] == "n"
     assert document["agent"]["total_executions"] == 2
+    assert (document["agent"]["llm_calls"], document["agent"]["llm_cost_usd"]) == (2, 1.0)
     assert {t["id"] for t in document["recent_tasks"]} == {ok, failing}
     human = _ok(db_url, "agents", "show", "n")
     assert "agent_type: noop" in human and ok in human
