@@ -515,16 +515,20 @@ ALTER TABLE agent_tasks ADD CONSTRAINT agent_tasks_workflow_run_fk
 CREATE UNIQUE INDEX agent_tasks_one_per_workflow_step
     ON agent_tasks (workflow_run_id, agent_id) WHERE workflow_run_id IS NOT NULL;
 
--- What a workflow step is run with. The stream agents take {stream_id, goal_context};
--- the other types (noop, llm_agent) refuse unknown keys, so they get only their
--- configured payload. Parents' outputs reach every child as ctx.parent_outputs.
+-- What a workflow step is run with: exactly the input each agent type takes
+-- (CONTRACT.md), because every agent refuses unknown keys. opportunity_bot and
+-- scoring_agent get {stream_id, goal_context}, enrichment_agent {stream_id}; the
+-- others (noop, llm_agent) have no stream input and get only their configured payload.
+-- Parents' outputs reach every child as ctx.parent_outputs.
 CREATE FUNCTION runner_workflow_payload(
     p_agent_type text, p_configuration jsonb, p_stream_id uuid, p_goal_context jsonb)
     RETURNS jsonb
     LANGUAGE sql IMMUTABLE AS $$
     SELECT runner_agent_payload(p_configuration)
-           || CASE WHEN p_agent_type IN ('opportunity_bot', 'enrichment_agent', 'scoring_agent')
+           || CASE WHEN p_agent_type IN ('opportunity_bot', 'scoring_agent')
                    THEN jsonb_build_object('stream_id', p_stream_id, 'goal_context', p_goal_context)
+                   WHEN p_agent_type = 'enrichment_agent'
+                   THEN jsonb_build_object('stream_id', p_stream_id)
                    ELSE '{}'::jsonb END
 $$;
 

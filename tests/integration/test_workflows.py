@@ -200,16 +200,15 @@ async def test_one_manual_trigger_runs_discovery_enrichment_scoring_in_order(
         ("scoring", 2, "completed", ("enrichment",))]
 
 
-async def test_payloads_carry_the_stream_goal_for_stream_agents(
-    pool: AsyncConnectionPool,
-) -> None:
+async def test_payloads_are_each_stream_agents_input(pool: AsyncConnectionPool) -> None:
     await _agents(pool, "finder", agent_type="opportunity_bot")
     await _agents(pool, "enricher", agent_type="enrichment_agent")
+    await _agents(pool, "scorer", agent_type="scoring_agent")
     await _agents(pool, "diag", configuration={"payload": {"sleep_seconds": 0.01}})
     goal = {"industry": ["SaaS"], "location": ["UK"], "employee_count": {"min": 10, "max": 500}}
     metrics = {"companies_to_find": 50, "min_quality_score": 4.0}
     stream_id = await _stream(pool, "s", [("finder", []), ("enricher", ["finder"]),
-                                          ("diag", [])],
+                                          ("scorer", ["enricher"]), ("diag", [])],
                               goal_criteria=goal, target_metrics=metrics)
     run_id = await _trigger(pool, stream_id, priority=8)
     tasks = await _tasks(pool, run_id)
@@ -223,11 +222,40 @@ async def test_payloads_carry_the_stream_goal_for_stream_agents(
     async with pool.connection() as conn:
         # The goal is the one at trigger time, even if the stream changes mid-run.
         await conn.execute("UPDATE streams SET goal_criteria = '{}' WHERE id = %s", (stream_id,))
-        await conn.execute("UPDATE agent_tasks SET status = 'completed' WHERE id = %s",
-                           (tasks["finder"]["id"],))
+    for name in ("finder", "enricher"):
+        async with pool.connection() as conn:
+            await conn.execute("UPDATE agent_tasks SET status = 'completed' WHERE id = %s",
+                               ((await _tasks(pool, run_id))[name]["id"],))
     tasks = await _tasks(pool, run_id)
-    assert tasks["enricher"]["payload"]["goal_context"]["goal_criteria"] == goal
-    assert tasks["enricher"]["priority"] == 8
+    assert tasks["enricher"]["payload"] == {"stream_id": str(stream_id)}
+    assert tasks["scorer"]["payload"]["goal_context"]["goal_criteria"] == goal
+    assert tasks["scorer"]["priority"] == 8
+
+
+async def test_stream_agents_accept_their_workflow_payloads(pool: AsyncConnectionPool) -> None:
+    """The payloads above pass the real agents' input models."""
+    from runner.registry import default_registry
+
+    registry = default_registry()
+    for agent_type in ("opportunity_bot", "enrichment_agent", "scoring_agent"):
+        if agent_type not in registry.types():
+            pytest.skip(f"{agent_type} is not registered yet")
+    await _agents(pool, "finder", agent_type="opportunity_bot")
+    await _agents(pool, "enricher", agent_type="enrichment_agent")
+    await _agents(pool, "scorer", agent_type="scoring_agent")
+    stream_id = await _stream(
+        pool, "s", [("finder", []), ("enricher", ["finder"]), ("scorer", ["enricher"])],
+        goal_criteria={"industry": ["FinTech"], "location": ["UK"]},
+        target_metrics={"companies_to_find": 5})
+    run_id = await _trigger(pool, stream_id)
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE agent_tasks SET status = 'completed' WHERE trigger = 'manual'")
+        await conn.execute("UPDATE agent_tasks SET status = 'completed' "
+                           "WHERE payload ? 'stream_id' AND NOT payload ? 'goal_context'")
+    tasks = await _tasks(pool, run_id)
+    for name, agent_type in [("finder", "opportunity_bot"), ("enricher", "enrichment_agent"),
+                             ("scorer", "scoring_agent")]:
+        registry.validate(agent_type, tasks[name]["payload"])
 
 
 async def test_siblings_are_enqueued_in_execution_order(pool: AsyncConnectionPool) -> None:
