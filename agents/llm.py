@@ -187,6 +187,31 @@ def build_client(
     )
 
 
+# One SDK client per (event loop, key, base URL, timeout), kept for the process's life.
+# A new client builds a new SSL context (loading the CA bundle): about 160 ms of CPU
+# on the event loop, per attempt, measured by scripts/bench_pipeline.py. Keyed by loop
+# because the client's connection pool belongs to the loop that first used it.
+_SHARED_CLIENTS: dict[tuple[int, str, str, float], anthropic.AsyncAnthropic] = {}
+
+
+def shared_client(
+    settings: Settings, *, policy: RetryPolicy = DEFAULT_POLICY
+) -> anthropic.AsyncAnthropic:
+    if not has_api_key(settings):
+        raise FailPermanently(NO_API_KEY_MESSAGE)
+    assert settings.anthropic_api_key is not None
+    key = (
+        id(asyncio.get_running_loop()),
+        settings.anthropic_api_key.get_secret_value(),
+        settings.anthropic_base_url or DEFAULT_BASE_URL,
+        policy.request_timeout,
+    )
+    client = _SHARED_CLIENTS.get(key)
+    if client is None or client.is_closed():
+        client = _SHARED_CLIENTS[key] = build_client(settings, policy=policy)
+    return client
+
+
 @dataclasses.dataclass(slots=True)
 class _Failure:
     """An API failure, classified once."""
@@ -199,8 +224,8 @@ class _Failure:
 
 class LLMSession:
     """One attempt's handle on the Messages API: a client, the retry policy and the
-    ledger. Use as ``async with LLMSession(ctx) as llm: ...``; it closes the client it
-    built. Holds no database connection."""
+    ledger. Use as ``async with LLMSession(ctx) as llm: ...``. The SDK client is
+    shared by the process's attempts. Holds no database connection."""
 
     def __init__(
         self,
@@ -212,9 +237,9 @@ class LLMSession:
     ) -> None:
         self._ctx = ctx
         self._policy = policy or DEFAULT_POLICY
-        self._own_client = client is None
-        self._client = (
-            client if client is not None else build_client(ctx.settings, policy=self._policy)
+        # The client is shared across attempts (see shared_client); never closed here.
+        self._client = client if client is not None else shared_client(
+            ctx.settings, policy=self._policy
         )
         self._prices = prices or load_price_table()
         # (reason, model) pairs already logged: one warning per attempt is enough.
@@ -229,8 +254,7 @@ class LLMSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._own_client:
-            await self._client.close()
+        return None
 
     async def create(
         self,

@@ -36,7 +36,7 @@ from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
 from runner import __version__, metrics, sdnotify, store
-from runner.executor import CompletionHook, Executor, StopReason
+from runner.executor import Executor, StopReason
 from runner.http import MetricsServer, postgres_health_check
 from runner.registry import Registry, default_registry
 from runner.settings import Settings
@@ -50,6 +50,13 @@ _METRICS_REFRESH_SECONDS = 5.0
 
 QUEUE = "agent_runner"
 TASK_NAME = "agent_runner.attempt"
+
+
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pooled connections run in autocommit: single statements (procrastinate's fetch,
+    the claim, the finish) then cost one round trip instead of BEGIN/…/COMMIT, and
+    multi-statement writes say so with ``conn.transaction()``."""
+    await conn.set_autocommit(True)
 
 
 class ClaimGate(JobManager):
@@ -99,13 +106,11 @@ class Daemon:
         conninfo: str,
         *,
         registry: Registry | None = None,
-        on_completed: CompletionHook | None = None,
         extra_side_tasks: list[Callable[[Daemon], Coroutine[Any, Any, None]]] | None = None,
     ) -> None:
         self.settings = settings
         self.conninfo = conninfo
         self.registry = registry or default_registry()
-        self.on_completed = on_completed
         self.extra_side_tasks = extra_side_tasks or []
         self.id = uuid.uuid4()
         self.stopping = False
@@ -236,7 +241,7 @@ class Daemon:
         settings = self.settings
         pool = AsyncConnectionPool(
             self.conninfo, min_size=2, max_size=settings.pool_size, open=False,
-            name="agent-runner",
+            name="agent-runner", configure=_autocommit,
         )
         await pool.open(wait=True, timeout=30)
         self.pool = pool
@@ -245,7 +250,7 @@ class Daemon:
         try:
             self.executor = Executor(
                 pool=pool, settings=settings, registry=self.registry, http=http,
-                daemon_id=self.id, on_completed=self.on_completed,
+                daemon_id=self.id,
                 on_retry_scheduled=self._wake_worker_after,
             )
             app = self.app = build_app(lambda: self._executor(), self._stop_reason)

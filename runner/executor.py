@@ -15,7 +15,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -30,8 +30,6 @@ from runner.settings import Settings
 
 logger = logging.getLogger("runner.executor")
 
-# Called inside the transaction that completes a task (workflow dependents).
-CompletionHook = Callable[[store.Conn, store.StartedAttempt, dict[str, Any]], Awaitable[None]]
 
 
 class Outcome(enum.StrEnum):
@@ -72,7 +70,6 @@ class Executor:
         registry: Registry,
         http: httpx.AsyncClient,
         daemon_id: UUID | None = None,
-        on_completed: CompletionHook | None = None,
         on_retry_scheduled: Callable[[float], None] | None = None,
     ) -> None:
         self._pool = pool
@@ -80,7 +77,6 @@ class Executor:
         self._registry = registry
         self._http = http
         self._daemon_id = daemon_id
-        self._on_completed = on_completed
         self._on_retry_scheduled = on_retry_scheduled
         self.running: dict[UUID, asyncio.Task[Any]] = {}
 
@@ -229,13 +225,16 @@ class Executor:
         commit_hook: CommitHook | None,
     ) -> Outcome:
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                await store.finish_attempt(conn, attempt, finish)
-                if finish.task_status == "completed":
-                    if commit_hook is not None:
+            # Dependents are enqueued by a trigger on agent_tasks (sql/0005) inside the
+            # same statement that completes the task, so they commit with it.
+            async with self._pool.connection() as conn:
+                if commit_hook is None or finish.task_status != "completed":
+                    # The finish alone is one atomic statement: no BEGIN/COMMIT needed.
+                    await store.finish_attempt(conn, attempt, finish)
+                else:
+                    async with conn.transaction():
+                        await store.finish_attempt(conn, attempt, finish)
                         await commit_hook(conn)
-                    if self._on_completed is not None:
-                        await self._on_completed(conn, attempt, finish.output or {})
         except store.Fenced as exc:
             logger.warning("attempt_fenced", extra={"task_id": str(attempt.task_id),
                                                     "reason": str(exc)})

@@ -55,5 +55,7 @@ def configure(log_format: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # procrastinate logs every job start/end at INFO; that is our executor's job.
-    logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))
+    # procrastinate logs every job start/end at INFO, APScheduler every job it adds:
+    # the executor and the scheduler log what matters, with task ids.
+    for noisy in ("procrastinate", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -51,6 +51,7 @@ from runner import metrics, workflows
 
 if TYPE_CHECKING:
     from runner.daemon import Daemon
+    from runner.settings import Settings
 
 logger = logging.getLogger("runner.scheduler")
 
@@ -617,17 +618,9 @@ class SchedulerOptions:
     reload_interval: float = _DEFAULT_RELOAD_INTERVAL
 
     @classmethod
-    def from_settings(cls, settings: Any) -> SchedulerOptions:
-        """``RUNNER_CRON_CATCHUP`` / ``RUNNER_CRON_RELOAD_INTERVAL`` once Settings has
-        them (``cron_catchup`` / ``cron_reload_interval``); the defaults until then."""
-        catchup = getattr(settings, "cron_catchup", _DEFAULT_CATCHUP)
-        reload_interval = float(getattr(settings, "cron_reload_interval", _DEFAULT_RELOAD_INTERVAL))
-        if catchup not in ("once", "skip"):
-            raise ValueError(f"RUNNER_CRON_CATCHUP must be 'once' or 'skip', got {catchup!r}")
-        if not 0 < reload_interval <= 3600:
-            raise ValueError(
-                f"RUNNER_CRON_RELOAD_INTERVAL must be in (0, 3600], got {reload_interval}")
-        return cls(catchup=catchup, reload_interval=reload_interval)
+    def from_settings(cls, settings: Settings) -> SchedulerOptions:
+        """``RUNNER_CRON_CATCHUP`` and ``RUNNER_CRON_RELOAD_INTERVAL`` (validated there)."""
+        return cls(catchup=settings.cron_catchup, reload_interval=settings.cron_reload_interval)
 
 
 async def scheduler_side_task(daemon: Daemon) -> None:

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=1.0, ge=0, le=3600, alias="RUNNER_RETRY_BASE_DELAY")
     retry_max_delay: float = Field(default=60.0, ge=0, le=86400, alias="RUNNER_RETRY_MAX_DELAY")
 
+    # Cron: a schedule's fires missed while no daemon ran are run once (or skipped);
+    # schedules are re-read this often when no NOTIFY arrives.
+    cron_catchup: Literal["once", "skip"] = Field(default="once", alias="RUNNER_CRON_CATCHUP")
+    cron_reload_interval: float = Field(
+        default=5.0, gt=0, le=3600, alias="RUNNER_CRON_RELOAD_INTERVAL"
+    )
+
     anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, alias="ANTHROPIC_BASE_URL")
     companies_house_api_key: SecretStr | None = Field(default=None, alias="COMPANIES_HOUSE_API_KEY")

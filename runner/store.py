@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -88,7 +87,8 @@ async def start_attempt(
 ) -> tuple[StartedAttempt, bool] | None:
     """Claim the task for this job's attempt. ``None`` when the job is stale (the task
     was cancelled, or re-queued under another job). The bool is the agent's is_active."""
-    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+    # One statement: atomic without an explicit transaction (one round trip).
+    async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             _START_ATTEMPT, {"task_id": task_id, "job_id": job_id, "daemon_id": daemon_id}
         )
@@ -143,68 +143,31 @@ class Finish:
     run_at_delay_seconds: float = 0.0
 
 
-_FINISH_TASK = """
-UPDATE agent_tasks t
-SET status = %(task_status)s,
-    retry_count = t.retry_count + %(spent)s,
-    error_message = %(error)s,
-    output = CASE WHEN %(task_status)s = 'completed' THEN %(output)s ELSE t.output END,
-    completed_at = CASE WHEN %(task_status)s IN ('completed', 'failed', 'cancelled')
-                        THEN now() END,
-    scheduled_for = CASE WHEN %(task_status)s = 'pending'
-                         THEN now() + make_interval(secs => %(delay)s) ELSE t.scheduled_for END,
-    job_id = CASE WHEN %(task_status)s = 'pending'
-                  THEN runner_defer_attempt(t.id, t.priority,
-                                            now() + make_interval(secs => %(delay)s))
-                  ELSE t.job_id END,
-    current_execution_id = CASE WHEN %(task_status)s = 'pending' THEN NULL
-                                ELSE t.current_execution_id END,
-    cancel_requested = false,
-    updated_at = now()
-WHERE t.id = %(task_id)s AND t.status = 'processing'
-  AND t.current_execution_id = %(execution_id)s
-RETURNING t.retry_count, t.job_id
-"""
-
-_FINISH_EXECUTION = """
-UPDATE agent_executions e
-SET status = %(execution_status)s,
-    completed_at = clock_timestamp(),
-    duration_ms = runner_elapsed_ms(e.started_at),
-    output_data = %(output)s,
-    results_summary = %(summary)s,
-    error_message = %(error)s,
-    metrics = e.metrics || %(metrics)s
-WHERE e.id = %(execution_id)s AND e.status = 'running'
-RETURNING e.duration_ms
-"""
-
-
 async def finish_attempt(
     conn: Conn, attempt: StartedAttempt, finish: Finish
 ) -> int:
-    """Write the attempt's end inside the caller's transaction; raise :class:`Fenced`
-    (the caller rolls back) when the attempt no longer owns its task.
+    """Write the attempt's end (one statement, atomic on its own). Raises
+    :class:`Fenced` when the attempt no longer owns its task; nothing is written then.
     Returns the execution's duration in ms."""
-    params = {
-        "task_id": attempt.task_id,
-        "execution_id": attempt.execution_id,
-        "task_status": finish.task_status,
-        "execution_status": finish.execution_status,
-        "spent": 1 if finish.spend_retry else 0,
-        "error": finish.error,
-        "output": Jsonb(finish.output) if finish.output is not None else None,
-        "summary": Jsonb(finish.summary) if finish.summary is not None else None,
-        "metrics": Jsonb(dict(finish.metrics)),
-        "delay": float(finish.run_at_delay_seconds),
-    }
-    task_row = await (await conn.execute(_FINISH_TASK, params)).fetchone()
-    if task_row is None:
+    cur = await conn.execute(
+        "SELECT runner_finish_attempt(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            attempt.task_id,
+            attempt.execution_id,
+            finish.task_status,
+            finish.execution_status,
+            finish.spend_retry,
+            finish.error,
+            Jsonb(finish.output) if finish.output is not None else None,
+            Jsonb(finish.summary) if finish.summary is not None else None,
+            Jsonb(dict(finish.metrics)),
+            float(finish.run_at_delay_seconds),
+        ),
+    )
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
         raise Fenced(f"task {attempt.task_id} is no longer owned by {attempt.execution_id}")
-    execution_row = await (await conn.execute(_FINISH_EXECUTION, params)).fetchone()
-    if execution_row is None:
-        raise Fenced(f"execution {attempt.execution_id} is no longer running")
-    return int(execution_row[0])
+    return int(row[0])
 
 
 async def task_cancel_requested(conn: Conn, task_id: UUID) -> bool:
@@ -377,5 +340,3 @@ async def rescue_orphans(conn: Conn, *, min_age_seconds: float) -> list[Rescued]
     return [Rescued(row[0], row[1], row[2], row[3]) for row in rows]
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))

@@ -271,6 +271,60 @@ CREATE FUNCTION runner_defer_attempt(p_task_id uuid, p_priority integer, p_at ti
     )::procrastinate_job_to_defer_v1]))[1]
 $$;
 
+-- Ends an attempt: the task's new state and the execution row, in one call. Fenced:
+-- nothing is written unless the attempt still owns its task; then it returns NULL.
+-- Otherwise it returns the execution's duration in ms. A 'pending' end re-queues the
+-- task with a fresh job after p_delay seconds (spending a retry when p_spend_retry).
+CREATE FUNCTION runner_finish_attempt(
+    p_task_id uuid, p_execution_id uuid, p_task_status text, p_execution_status text,
+    p_spend_retry boolean, p_error text, p_output jsonb, p_summary jsonb, p_metrics jsonb,
+    p_delay double precision
+) RETURNS integer
+    LANGUAGE plpgsql AS $$
+DECLARE
+    run_at timestamptz := now() + make_interval(secs => p_delay);
+    owned uuid;
+    duration integer;
+BEGIN
+    UPDATE agent_tasks t
+    SET status = p_task_status,
+        retry_count = t.retry_count + CASE WHEN p_spend_retry THEN 1 ELSE 0 END,
+        error_message = p_error,
+        output = CASE WHEN p_task_status = 'completed' THEN p_output ELSE t.output END,
+        completed_at = CASE WHEN p_task_status IN ('completed', 'failed', 'cancelled')
+                            THEN now() END,
+        scheduled_for = CASE WHEN p_task_status = 'pending' THEN run_at ELSE t.scheduled_for END,
+        job_id = CASE WHEN p_task_status = 'pending'
+                      THEN runner_defer_attempt(t.id, t.priority, run_at) ELSE t.job_id END,
+        current_execution_id = CASE WHEN p_task_status = 'pending' THEN NULL
+                                    ELSE t.current_execution_id END,
+        cancel_requested = false,
+        updated_at = now()
+    WHERE t.id = p_task_id AND t.status = 'processing'
+      AND t.current_execution_id = p_execution_id
+    RETURNING t.id INTO owned;
+    IF owned IS NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE agent_executions e
+    SET status = p_execution_status,
+        completed_at = clock_timestamp(),
+        duration_ms = runner_elapsed_ms(e.started_at),
+        output_data = p_output,
+        results_summary = p_summary,
+        error_message = p_error,
+        metrics = e.metrics || coalesce(p_metrics, '{}')
+    WHERE e.id = p_execution_id AND e.status = 'running'
+    RETURNING e.duration_ms INTO duration;
+    IF duration IS NULL THEN
+        -- The task said the attempt owned it but the execution was not running: the
+        -- two disagree, which no code path produces. Refuse rather than guess.
+        RAISE EXCEPTION 'execution % of task % is not running', p_execution_id, p_task_id;
+    END IF;
+    RETURN duration;
+END;
+$$;
+
 CREATE FUNCTION runner_agent_tasks_before_insert() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -71,8 +72,15 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         yield connection
 
 
+async def _autocommit(connection: psycopg.AsyncConnection[Any]) -> None:
+    # As the daemon's pool does (runner/daemon.py).
+    await connection.set_autocommit(True)
+
+
 @pytest.fixture
 async def pool(db_url: str) -> AsyncIterator[AsyncConnectionPool]:
-    async with AsyncConnectionPool(db_url, min_size=1, max_size=8, open=False) as p:
+    async with AsyncConnectionPool(
+        db_url, min_size=1, max_size=8, open=False, configure=_autocommit
+    ) as p:
         await p.wait()
         yield p

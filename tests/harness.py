@@ -19,7 +19,7 @@ import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from runner.executor import CompletionHook, Executor, Outcome
+from runner.executor import Executor, Outcome
 from runner.registry import Registry, default_registry
 from runner.settings import Settings
 
@@ -41,7 +41,6 @@ async def run_task_inline(
     *,
     registry: Registry | None = None,
     settings: Settings | None = None,
-    on_completed: CompletionHook | None = None,
 ) -> Outcome:
     """Run the task's current attempt in this process, as a daemon would (no worker)."""
     task_id = UUID(str(task_id))
@@ -56,7 +55,6 @@ async def run_task_inline(
             settings=settings or test_settings(),
             registry=registry or default_registry(),
             http=http,
-            on_completed=on_completed,
         )
         return await executor.run_job(task_id, int(row[0]))
 
