@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from runner import metrics, workflows
 from runner.scheduler import CronScheduler, SchedulerOptions, scheduler_side_task
+from runner.settings import SettingsError, load_settings
 from tests.harness import await_until, test_settings
 
 UTC = dt.UTC
@@ -263,10 +264,10 @@ async def test_side_task_runs_for_the_daemons_life_and_stops_when_cancelled(
 
 def test_options_from_settings() -> None:
     assert SchedulerOptions.from_settings(test_settings()) == SchedulerOptions("once", 5.0)
-    custom = types.SimpleNamespace(cron_catchup="skip", cron_reload_interval=2)
+    custom = test_settings(RUNNER_CRON_CATCHUP="skip", RUNNER_CRON_RELOAD_INTERVAL="2")
     assert SchedulerOptions.from_settings(custom) == SchedulerOptions("skip", 2.0)
-    with pytest.raises(ValueError, match="RUNNER_CRON_CATCHUP"):
-        SchedulerOptions.from_settings(types.SimpleNamespace(cron_catchup="always"))
+    with pytest.raises(SettingsError, match="RUNNER_CRON_CATCHUP"):
+        load_settings(RUNNER_CRON_CATCHUP="always")
     with pytest.raises(ValueError, match="catchup must be"):
         CronScheduler(None, catchup="never")  # type: ignore[arg-type]
 
