@@ -93,10 +93,16 @@ _COMPANY_COLUMNS = """
 
 
 def _signal(q: str, kind: str, detail: str) -> str:
-    """One derived signal as a jsonb object, or NULL when its rule did not fire."""
-    return (f"CASE WHEN {q}.sig_{kind} THEN jsonb_build_object('type', '{kind}', "
-            f"'strength', %(strength_{kind})s::numeric, 'source', %(derived_source)s::text, "
-            f"'detail', {detail}) END")
+    """One derived signal as JSON text, or NULL when its rule did not fire.
+
+    Text, parsed once per row by :func:`_derived_signals`: at 100 000 items that
+    cost 0.9 s of server CPU against 1.5 s for a jsonb_build_object per signal.
+    Every value goes through to_json, which does the quoting and escaping (for the
+    constant ones at plan time)."""
+    return (f"CASE WHEN {q}.sig_{kind} THEN '{{\"type\": ' || to_json('{kind}'::text) "
+            f"|| ', \"strength\": ' || to_json(%(strength_{kind})s::numeric) "
+            f"|| ', \"source\": ' || to_json(%(derived_source)s::text) "
+            f"|| ', \"detail\": ' || to_json({detail}) || '}}' END")
 
 
 def _iso(column: str) -> str:
@@ -284,8 +290,9 @@ banded AS (
 
 
 def _derived_signals(q: str) -> str:
-    """The derived signals of a ``banded`` row as a jsonb array, in rule order."""
-    return f"""to_jsonb(array_remove(ARRAY[
+    """The derived signals of a ``banded`` row as a jsonb array, in rule order
+    (concat_ws skips the NULLs of the rules that did not fire)."""
+    return f"""('[' || concat_ws(', ',
         {_signal(q, 'recent_incorporation',
                  "'incorporated on ' || " + _iso(q + '.incorporation_date'))},
         {_signal(q, 'accounts_category_upgrade',
@@ -303,7 +310,7 @@ def _derived_signals(q: str) -> str:
         {_signal(q, 'accounts_filed_on_time',
                  "'accounts made up to ' || " + _iso(q + '.accounts_last_made_up')
                  + " || ', next due ' || " + _iso(q + '.accounts_next_due'))}
-    ]::jsonb[], NULL))"""
+    ) || ']')::jsonb"""
 
 
 def _score_details(q: str) -> str:
