@@ -41,7 +41,10 @@ __all__ = [
     "RetryLater",
 ]
 
-CommitHook = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
+#: Runs inside the transaction that completes the task. It may return figures it could
+#: only compute while writing (counts of rows it updated, say): they are merged into the
+#: attempt's output before the output is stored.
+CommitHook = Callable[[psycopg.AsyncConnection[Any]], Awaitable[Mapping[str, Any] | None]]
 
 
 class AgentOutcomeError(Exception):
@@ -105,7 +108,8 @@ class AgentResult:
 
     ``output`` becomes ``agent_executions.output_data`` and is what dependents see.
     ``commit`` (optional) writes the run's business rows inside the finishing
-    transaction. ``summary`` goes to ``agent_executions.results_summary``.
+    transaction; a mapping it returns is merged into ``output``. ``summary`` goes to
+    ``agent_executions.results_summary``.
     """
 
     output: dict[str, Any]

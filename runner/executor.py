@@ -11,6 +11,7 @@ the only place that maps agent behaviour to task states.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import random
@@ -233,8 +234,15 @@ class Executor:
                     await store.finish_attempt(conn, attempt, finish)
                 else:
                     async with conn.transaction():
+                        # The hook runs first so that figures it returns land in the
+                        # stored output; if the attempt turns out to be fenced, the
+                        # whole transaction, hook writes included, rolls back.
+                        extra = await commit_hook(conn)
+                        if extra:
+                            finish = dataclasses.replace(
+                                finish, output={**(finish.output or {}), **extra}
+                            )
                         await store.finish_attempt(conn, attempt, finish)
-                        await commit_hook(conn)
         except store.Fenced as exc:
             logger.warning("attempt_fenced", extra={"task_id": str(attempt.task_id),
                                                     "reason": str(exc)})
@@ -255,12 +263,7 @@ class Executor:
 
 
 def _with_metrics(finish: store.Finish, figures: Mapping[str, Any]) -> store.Finish:
-    merged = {**finish.metrics, **figures}
-    return store.Finish(
-        finish.execution_status, finish.task_status, output=finish.output,
-        summary=finish.summary, error=finish.error, metrics=merged,
-        spend_retry=finish.spend_retry, run_at_delay_seconds=finish.run_at_delay_seconds,
-    )
+    return dataclasses.replace(finish, metrics={**finish.metrics, **figures})
 
 
 def _outcome_of(finish: store.Finish) -> Outcome:

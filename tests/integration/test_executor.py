@@ -146,6 +146,24 @@ async def test_commit_hook_writes_with_completion(conn: Conn, pool: AsyncConnect
     ).fetchone() == (1,)
 
 
+async def test_commit_hook_figures_join_the_output(conn: Conn, pool: AsyncConnectionPool) -> None:
+    class _CountingAgent(_WritingAgent):
+        async def run(self, ctx: AgentContext, payload: Any) -> AgentResult:
+            async def commit(aconn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+                cur = await aconn.execute(
+                    "UPDATE ai_agents SET description = 'touched' RETURNING id")
+                return {"rows_touched": len(await cur.fetchall())}
+
+            return AgentResult(output={"ok": True}, commit=commit)
+
+    task_id = _enqueue(conn)
+    assert await run_task_inline(
+        pool, task_id, registry=Registry([_CountingAgent(False)])) is Outcome.COMPLETED
+    expected = {"ok": True, "rows_touched": 1}
+    assert _task(conn, task_id)[2] == expected
+    assert conn.execute("SELECT output_data FROM agent_executions").fetchone() == (expected,)
+
+
 async def test_failed_commit_hook_leaves_nothing_and_retries(
     conn: Conn, pool: AsyncConnectionPool
 ) -> None:
