@@ -13,11 +13,8 @@ Output, exactly: ``items_updated`` (items scored: all of the stream's),
 
 Set-based: one UPDATE scores the whole stream. It runs in the commit hook, inside the
 transaction that completes the task, so scores land together with the task's
-completion or not at all. The output must exist before that transaction (the executor
-records it first), so :meth:`ScoringAgent.run` computes the same figures with a
-read-only preview, and the hook checks that the UPDATE wrote exactly those; if the
-stream changed in between (an item added, a company re-enriched), the hook raises and
-the attempt is retried, so the recorded output always describes the scores written.
+completion or not at all; the hook returns the figures of what it wrote, and the
+executor stores them as the output, so the output always describes the scores written.
 """
 
 from __future__ import annotations
@@ -34,10 +31,6 @@ from runner.api import AgentContext, AgentResult
 
 class ScoringInput(StreamTaskInput):
     """``{stream_id, goal_context}``; see ``agents/stream_goal.py``."""
-
-
-class ScoresChangedConcurrently(Exception):
-    """The stream changed between the preview and the commit (see the module doc)."""
 
 
 def scoring_output(summary: store.ScoreSummary) -> dict[str, Any]:
@@ -57,21 +50,13 @@ class ScoringAgent:
         if goal.ignored_keys:
             await ctx.log(f"ignoring goal keys this agent does not use: "
                           f"{', '.join(goal.ignored_keys)}", level="warning")
-        # Fixed for the attempt, `today` included, so preview and UPDATE agree.
         parameters = lead_scoring.sql_parameters(goal)
-        async with ctx.connection() as conn:
-            preview = await store.preview_scores(
-                conn, stream_id=goal.stream_id, parameters=parameters)
-        output = scoring_output(preview)
 
-        async def commit(conn: store.Conn) -> None:
+        async def commit(conn: store.Conn) -> dict[str, Any]:
             written = await store.apply_scores(
                 conn, stream_id=goal.stream_id, parameters=parameters)
-            if written != preview:
-                raise ScoresChangedConcurrently(
-                    f"the stream changed while it was being scored (previewed {preview}, "
-                    f"wrote {written})"
-                )
+            return scoring_output(written)
 
-        await ctx.log(f"scoring {preview.items} items", **output)
-        return AgentResult(output=output, commit=commit, summary={"goal": goal.describe()})
+        await ctx.log("scoring the stream's items", stream_id=str(goal.stream_id))
+        # The output's figures are the commit hook's: what it wrote.
+        return AgentResult(output={}, commit=commit, summary={"goal": goal.describe()})
