@@ -36,9 +36,20 @@ is taken to be one without outbound network (the demo runs like that), so it mus
 reach out to remote hosts by default. ``"fetch_websites": false`` turns fetching off in
 online mode too.
 
+*LLM website summary* (``ANTHROPIC_API_KEY`` set, in either mode): when a page was
+fetched, its visible text (title, meta description and body text, cut to
+``llm_judgements.MAX_WEBSITE_CHARS``) goes to ``llm_judgements.summarise_website``; its
+industry and description become ``industry_description`` ("industry: description",
+instead of the SIC texts) and its signals are added with ``source: "llm"``. A failure
+about one company (an answer that stays invalid, an unexpected error) is logged and
+that company keeps the rule-based description; an API outage (``RetryLater``) or a
+refused key or model (``FailPermanently``) ends the attempt, with every item still
+``pending``. Without a key nothing is sent and the outputs are the rule-based ones.
+
 Configuration (``ai_agents.configuration``, all optional)::
 
     {"concurrency": 8, "fetch_websites": null, "max_items": 1000, "reuse_days": 7,
+     "llm_summaries": true,
      "website": {"deadline_seconds": 10, "max_bytes": 1048576, "max_redirects": 5},
      "companies_house": {"max_attempts": 4, "backoff_base_seconds": 0.5,
                          "backoff_max_seconds": 8, "max_rate_limit_wait_seconds": 60,
@@ -80,6 +91,7 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from html.parser import HTMLParser
 from typing import Any, ClassVar, Final, Literal
 from uuid import UUID
 
@@ -87,6 +99,7 @@ import httpx
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agents import llm as llm_api
 from agents import taxonomy
 from agents.companies_house import (
     CompaniesHouseClient,
@@ -98,6 +111,13 @@ from agents.companies_house import (
     OfficerList,
     RetryPolicy,
 )
+from agents.llm import LLMSession, has_api_key
+from agents.llm_judgements import (
+    MAX_WEBSITE_CHARS,
+    BuyingSignal,
+    WebsiteSummary,
+    summarise_website,
+)
 from agents.store import enrichment as store
 from agents.website import (
     DEFAULT_MAX_BYTES,
@@ -107,7 +127,7 @@ from agents.website import (
     fetch_page,
     is_fetchable_url,
 )
-from runner.api import AgentContext, AgentResult, FailPermanently, RetryLater
+from runner.api import AgentContext, AgentResult, CancelTask, FailPermanently, RetryLater
 
 __all__ = [
     "EnrichmentAgent",
@@ -117,6 +137,8 @@ __all__ = [
     "estimate_employee_growth",
     "estimate_employees",
     "industry_description",
+    "is_one_company_llm_failure",
+    "visible_text",
 ]
 
 USER_AGENT: Final = "agent-runner-enrichment/0.1 (company research; one page per site)"
@@ -169,6 +191,8 @@ class EnrichmentConfig(BaseModel):
     max_items: int = Field(default=1000, ge=1, le=100_000)
     #: A company enriched (or found missing) this recently, for any stream, is reused.
     reuse_days: float = Field(default=7.0, ge=0, le=3650)
+    #: Summarise fetched pages with the model when ANTHROPIC_API_KEY is set.
+    llm_summaries: bool = True
     website: WebsiteConfig = WebsiteConfig()
     companies_house: CompaniesHouseConfig = CompaniesHouseConfig()
 
@@ -267,6 +291,72 @@ def buying_signals(
     return signals
 
 
+class _TextParser(HTMLParser):
+    """The words a visitor reads: title, meta description, body text; not scripts,
+    styles or templates."""
+
+    _SKIP = frozenset({"script", "style", "noscript", "template", "svg", "head"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping: list[str] = []
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        if tag == "title":
+            self._in_title = True
+        elif tag == "meta" and values.get("name", "").lower() == "description":
+            self.parts.append(values.get("content", ""))
+        elif tag in self._SKIP:
+            self._skipping.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        elif self._skipping and self._skipping[-1] == tag:
+            self._skipping.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title or not self._skipping:
+            self.parts.append(data)
+
+
+def visible_text(html: str, limit: int = MAX_WEBSITE_CHARS) -> str:
+    """A page's readable text, whitespace collapsed, at most ``limit`` characters."""
+    parser = _TextParser()
+    try:
+        parser.feed(html[:limit * 20])
+        parser.close()
+    except AssertionError:
+        pass  # HTMLParser asserts on a few pathological constructs; keep what was read
+    return " ".join(" ".join(parser.parts).split())[:limit]
+
+
+_INVALID_ANSWER = "model answer is not a valid"
+
+
+def is_one_company_llm_failure(exc: Exception) -> bool:
+    """Whether a model judgement's failure is about the one company asked about (an
+    answer that stayed invalid, an unexpected error), so the agent keeps its
+    rule-based result; False for the LLM layer's outcome errors about the API itself
+    (``RetryLater`` after an outage, ``FailPermanently`` for a refused key or model),
+    which end the attempt. ``complete_json`` raises ``RetryLater`` for both an outage
+    and a twice-invalid answer; its message tells them apart."""
+    if isinstance(exc, RetryLater):
+        return str(exc).startswith(_INVALID_ANSWER)
+    return not isinstance(exc, FailPermanently | CancelTask)
+
+
+def llm_signals(signals: Sequence[BuyingSignal]) -> list[dict[str, Any]]:
+    """A model's buying signals as this agent's ``buying_signals`` entries."""
+    strengths = {"low": 0.1, "medium": 0.2, "high": 0.3}
+    return [{"type": s.type, "strength": strengths[s.strength], "source": "llm",
+             "detail": s.detail, "level": s.strength, "agent": store.AGENT_TAG}
+            for s in signals]
+
+
 # The agent -------------------------------------------------------------------------------
 
 Status = Literal["enriched", "not_found", "failed", "reused", "aborted"]
@@ -282,6 +372,7 @@ class _Outcome:
     website_error: str | None = None
     error: str | None = None
     ch_unavailable: bool = False
+    summarised: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -295,12 +386,19 @@ class _Run:
     today: date
     now: datetime
     semaphore: asyncio.Semaphore
+    llm: LLMSession | None = None
     abort: CompaniesHouseRejected | None = None
+    #: An LLM outage or refusal: the remaining companies are skipped, the run ends.
+    llm_abort: Exception | None = None
 
 
 class EnrichmentAgent:
     agent_type: ClassVar[str] = "enrichment_agent"
     Input: ClassVar[type[BaseModel]] = EnrichmentInput
+
+    def __init__(self, *, llm_policy: llm_api.RetryPolicy | None = None) -> None:
+        #: The model calls' retry policy (tests pass short waits); None: the default.
+        self._llm_policy = llm_policy
 
     async def run(self, ctx: AgentContext, payload: EnrichmentInput) -> AgentResult:
         config = _config(ctx)
@@ -329,8 +427,10 @@ class EnrichmentAgent:
             headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=config.concurrency),
         ) if fetch_websites else None
+        llm = LLMSession(ctx, policy=self._llm_policy) \
+            if web is not None and config.llm_summaries and has_api_key(ctx.settings) else None
         run = _Run(ctx=ctx, config=config, ch=ch, web=web, today=now.date(), now=now,
-                   semaphore=asyncio.Semaphore(config.concurrency))
+                   semaphore=asyncio.Semaphore(config.concurrency), llm=llm)
         try:
             outcomes = list(await asyncio.gather(*(self._enrich(run, item) for item in items)))
         finally:
@@ -342,6 +442,8 @@ class EnrichmentAgent:
                 f"Companies House refused the API key (HTTP {run.abort.status_code}: "
                 f"{run.abort.api_message}); no item was changed"
             )
+        if run.llm_abort is not None:
+            raise run.llm_abort
         failed = [o for o in outcomes if o.status == "failed"]
         if failed and len(failed) == len(outcomes) and all(o.ch_unavailable for o in failed):
             raise RetryLater(f"Companies House unavailable for all {len(failed)} companies: "
@@ -372,12 +474,13 @@ class EnrichmentAgent:
             for o in outcomes if o.error or o.website_error
         ]
         summary = {"mode": mode, "websites_fetched": fetch_websites,
+                   "llm_summaries": sum(1 for o in outcomes if o.summarised),
                    "problems": problems[:_SUMMARY_FAILURES]}
         return AgentResult(output=output, commit=commit, summary=summary)
 
     async def _enrich(self, run: _Run, item: store.PendingItem) -> _Outcome:
         async with run.semaphore:
-            if run.abort is not None:
+            if run.abort is not None or run.llm_abort is not None:
                 return _Outcome(item, "aborted")
             try:
                 return await self._enrich_one(run, item)
@@ -420,6 +523,7 @@ class EnrichmentAgent:
             officers = None if isinstance(listed, NotFound) else listed
 
         page: PageAnalysis | None = None
+        page_text = ""
         website_error: str | None = None
         url = _website_url(item.website)
         if run.web is not None and url is not None:
@@ -431,6 +535,7 @@ class EnrichmentAgent:
                     allow_private_addresses=site.allow_private_addresses,
                 )
                 page = analyse_page(fetched)
+                page_text = visible_text(fetched.html)
             except WebsiteError as exc:
                 website_error = f"website {exc.kind}: {exc}"
 
@@ -440,6 +545,17 @@ class EnrichmentAgent:
         active = officers.active_count if officers is not None else None
         signals = buying_signals(item, profile=profile, officers=officers, page=page,
                                  today=run.today)
+        description = industry_description(
+            item.sic_texts, profile.sic_codes if profile is not None else item.sic_codes)
+        summarised = False
+        if run.llm is not None and page_text:
+            summary = await self._summarise(run, item, page_text)
+            if summary is None and run.llm_abort is not None:
+                return _Outcome(item, "aborted")
+            if summary is not None:
+                description = f"{summary.industry}: {summary.description}"
+                signals += llm_signals(summary.signals)
+                summarised = True
         company = store.CompanyUpdate(
             company_id=item.company_id,
             status="enriched",
@@ -450,12 +566,29 @@ class EnrichmentAgent:
             officers_count=active,
             ch_profile=profile.model_dump(mode="json", exclude_unset=True)
             if profile is not None else None,
-            industry_description=industry_description(
-                item.sic_texts, profile.sic_codes if profile is not None else item.sic_codes),
+            industry_description=description,
             buying_signals=signals,
         )
         return _Outcome(item, "enriched", company=company, item_signals=signals,
-                        website_error=website_error)
+                        website_error=website_error, summarised=summarised)
+
+    async def _summarise(
+        self, run: _Run, item: store.PendingItem, text: str
+    ) -> WebsiteSummary | None:
+        """The model's summary of the page, or None: a failure about this company is
+        logged; an outage or refusal is kept in ``run.llm_abort`` for the run to raise."""
+        try:
+            return await summarise_website(run.ctx, text, session=run.llm)
+        except Exception as exc:
+            if not is_one_company_llm_failure(exc):
+                run.llm_abort = exc
+                return None
+            await run.ctx.log(
+                f"LLM website summary failed for {item.company_number}; keeping the "
+                f"rule-based description: {exc}", level="warning",
+                company_number=item.company_number,
+            )
+            return None
 
 
 def _config(ctx: AgentContext) -> EnrichmentConfig:

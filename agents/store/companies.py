@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -292,3 +293,48 @@ async def restore_ddl(conn: Conn, name: str, ddl: str) -> None:
         # The text comes from pg_get_indexdef / pg_get_constraintdef, not from input.
         await conn.execute(sql.SQL(ddl))
         await conn.execute("DELETE FROM companies_import_deferred_ddl WHERE name = %s", (name,))
+
+
+# Live discovery (opportunity_bot) --------------------------------------------------------
+
+# The columns a Companies House advanced-search hit can fill (agents/opportunity_bot.py
+# maps a hit onto them); the rest of the row keeps its defaults until an import or an
+# enrichment writes it.
+SEARCH_HIT_COLUMNS: tuple[str, ...] = (
+    "id", "company_number", "name", "status", "category", "incorporation_date",
+    "dissolution_date", "address_line1", "address_line2", "post_town", "county", "country",
+    "postcode", "sic_codes",
+)
+_SEARCH_HIT_TYPES = {
+    "id": "uuid", "incorporation_date": "date", "dissolution_date": "date",
+    "sic_codes": "text[]",
+}
+
+
+async def insert_search_hits(
+    conn: Conn, org_id: Any, hits: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Add the hits that are not in ``companies`` yet (by company number) to
+    ``org_id``; a row already there, imported or found before, is left exactly as it
+    is. Returns company_number -> id for the hits' numbers that are the organization's
+    companies now. Run inside a transaction: the opportunity bot's commit hook, or its
+    rolled-back preview. Rows are inserted in company-number order, so two runs adding
+    overlapping hits lock them in the same order."""
+    if not hits:
+        return {}
+    ordered = sorted(hits, key=lambda hit: str(hit["company_number"]))
+    columns = ", ".join(SEARCH_HIT_COLUMNS)
+    record = ", ".join(f"{c} {_SEARCH_HIT_TYPES.get(c, 'text')}" for c in SEARCH_HIT_COLUMNS)
+    await conn.execute(
+        f"INSERT INTO companies (org_id, {columns}) "
+        f"SELECT %(org_id)s, {columns} "
+        f"FROM jsonb_to_recordset(%(hits)s::jsonb) AS x({record}) "
+        "ON CONFLICT (company_number) DO NOTHING",
+        {"org_id": org_id, "hits": Jsonb(ordered)},
+    )
+    cur = await conn.execute(
+        "SELECT company_number, id FROM companies "
+        "WHERE org_id = %(org_id)s AND company_number = ANY(%(numbers)s::text[])",
+        {"org_id": org_id, "numbers": [hit["company_number"] for hit in ordered]},
+    )
+    return {number: company_id for number, company_id in await cur.fetchall()}

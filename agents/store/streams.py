@@ -647,3 +647,14 @@ async def apply_scores(
             {**parameters, "stream_id": stream_id, "scored_by": "scoring_agent"},
         )
         return _summary(await cur.fetchone())
+
+
+async def company_rows(conn: Conn, company_ids: Sequence[UUID]) -> dict[UUID, dict[str, Any]]:
+    """The ``companies`` rows of ``company_ids`` by id (what a model is shown about a
+    candidate; ``llm_judgements`` picks the facts it needs)."""
+    if not company_ids:
+        return {}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM companies WHERE id = ANY(%s::uuid[])",
+                          (list(company_ids),))
+        return {row["id"]: row for row in await cur.fetchall()}
