@@ -414,12 +414,6 @@ SELECT count(*) AS items,
        count(*) FILTER (WHERE quality_score >= %(high_at)s::numeric) AS high_quality
 """
 
-_PREVIEW_SCORES = f"""
-WITH {_ITEMS_SRC}, {_SCORE_CHAIN}
-{_SUMMARY}
-FROM banded
-"""
-
 # Positions: best first, by priority then score; ties by company name (byte order: the
 # same everywhere, and cheaper than the database collation) and id, so that the order
 # is the same on every run. The window sorts the scalar results only; the
@@ -620,19 +614,6 @@ def _summary(row: Mapping[str, Any] | None) -> ScoreSummary:
         items=int(row["items"]), avg_quality_score=row["avg_quality_score"],
         high_quality=int(row["high_quality"]),
     )
-
-
-async def preview_scores(
-    conn: Conn, *, stream_id: UUID, parameters: Mapping[str, Any]
-) -> ScoreSummary:
-    """What :func:`apply_scores` would write, summarised, without writing anything."""
-    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        await _scoring_settings(conn)
-        await cur.execute(
-            _PREVIEW_SCORES,
-            {**parameters, "stream_id": stream_id, "scored_by": "scoring_agent"},
-        )
-        return _summary(await cur.fetchone())
 
 
 async def apply_scores(

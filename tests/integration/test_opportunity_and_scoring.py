@@ -26,7 +26,6 @@ from agents.stream_goal import StreamGoal, StreamTaskInput, load_stream_goal
 from runner.api import AgentContext, AgentResult
 from runner.executor import Outcome
 from runner.registry import Registry
-from tests import harness
 from tests.harness import run_task_inline
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -357,19 +356,6 @@ async def test_a_concurrent_addition_makes_the_attempt_retry(
     assert await run(pool, task_id) is Outcome.COMPLETED
     assert task(conn, task_id)["output"]["items_created"] == 5
     assert len(items(conn, stream)) == 6
-
-
-async def test_with_a_companies_house_key_the_bot_says_live_search_is_not_wired(
-    conn: Conn, pool: AsyncConnectionPool, world: dict[str, Any]
-) -> None:
-    task_id = enqueue(conn, "bot", payload(world["stream"]))
-    settings = harness.test_settings(COMPANIES_HOUSE_API_KEY="test-key")
-    assert await run(pool, task_id, settings=settings) is Outcome.COMPLETED
-    assert task(conn, task_id)["output"]["items_created"] == 6
-    logs = [r[0] for r in conn.execute(
-        "SELECT message FROM agent_task_logs WHERE task_id = %s AND log_type = 'warning'",
-        (task_id,))]
-    assert any("not wired yet" in message for message in logs)
 
 
 # scoring_agent ----------------------------------------------------------------------
