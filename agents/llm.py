@@ -38,23 +38,27 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, cast
 
-import anthropic
-from anthropic.resources.messages import DEPRECATED_MODELS
-from anthropic.types import (
-    ContentBlockParam,
-    Message,
-    MessageParam,
-    TextBlockParam,
-    ToolParam,
-    ToolResultBlockParam,
-)
 from pydantic import BaseModel, ValidationError
 
 from agents.prices import PriceTable, load_price_table
 from runner.api import AgentContext, FailPermanently, LLMCallRecord, RetryLater
 from runner.settings import Settings
+
+# The SDK is imported where it is used, not here: importing it takes seconds of CPU
+# (its type tree is large), and every daemon imports this module through the agent
+# registry whether or not an LLM is ever called (measured: ~3 s on the CI machine).
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic.types import (
+        ContentBlockParam,
+        Message,
+        MessageParam,
+        TextBlockParam,
+        ToolParam,
+        ToolResultBlockParam,
+    )
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -177,6 +181,8 @@ def build_client(
     if not has_api_key(settings):
         raise FailPermanently(NO_API_KEY_MESSAGE)
     assert settings.anthropic_api_key is not None
+    import anthropic
+
     return anthropic.AsyncAnthropic(
         api_key=settings.anthropic_api_key.get_secret_value(),
         # Passed explicitly so the SDK never falls back to reading the environment
@@ -271,6 +277,9 @@ class LLMSession:
         ``model`` defaults to the agent's (``ai_agents.model``). ``stream=None`` streams
         only long outputs.
         """
+        import anthropic
+        from anthropic.resources.messages import DEPRECATED_MODELS
+
         model = model or self._ctx.agent.model
         if stream is None:
             stream = max_tokens > STREAM_ABOVE_MAX_TOKENS
@@ -399,7 +408,7 @@ def _request_params(
     if tools:
         definitions = list(tools)
         # The marker on the last tool caches every tool definition before it too.
-        definitions[-1] = cast(ToolParam, {**definitions[-1], "cache_control": dict(_EPHEMERAL)})
+        definitions[-1] = cast("ToolParam", {**definitions[-1], "cache_control": dict(_EPHEMERAL)})
         params["tools"] = definitions
     return params
 
@@ -452,7 +461,7 @@ def text_of(message: Message) -> str:
 def _as_param(message: Message) -> MessageParam:
     """The response as the assistant turn of the next request, block for block (the
     API wants thinking and tool_use blocks back exactly as it sent them)."""
-    blocks = [cast(ContentBlockParam, block.to_dict()) for block in message.content]
+    blocks = [cast("ContentBlockParam", block.to_dict()) for block in message.content]
     return {"role": "assistant", "content": blocks}
 
 

@@ -19,16 +19,18 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from uuid import UUID
 
 import psycopg
-from anthropic.types import ToolParam
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.llm import ToolOutcome
 from agents.store import llm as store
 from runner.api import AgentContext, FailPermanently
+
+if TYPE_CHECKING:
+    from anthropic.types import ToolParam
 
 __all__ = [
     "BUILTIN_TOOLS",
