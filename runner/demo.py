@@ -4,7 +4,7 @@ What it does, in order (each stage is announced through ``progress``, which the 
 sends to stderr):
 
 1. Demo companies: when the ``companies`` table is empty, a synthetic
-   BasicCompanyData file (``scripts/generate_companies.py``, fixed seed, so every demo
+   BasicCompanyData file (``agents/companies_generator.py``, fixed seed, so every demo
    sees the same companies) is written to a temporary directory and loaded with the
    real importer. When the table already holds companies they are used as they are:
    synthetic rows must never overwrite a real register import (the importer upserts
@@ -33,10 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import logging
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -156,23 +154,10 @@ def _ensure_companies(conninfo: str, progress: Progress) -> dict[str, Any]:
 
 
 def _generator() -> ModuleType:
-    """The BasicCompanyData generator, loaded from the checkout's ``scripts/``.
+    """The BasicCompanyData generator (shipped in the wheel as agents.companies_generator)."""
+    from agents import companies_generator
 
-    It is a script rather than a module of the ``runner`` or ``agents`` packages, so
-    it is found by path; an installed wheel without it cannot load demo data.
-    """
-    path = Path(__file__).resolve().parent.parent / "scripts" / "generate_companies.py"
-    spec = importlib.util.spec_from_file_location("agent_runner_generate_companies", path)
-    if spec is None or spec.loader is None or not path.is_file():
-        raise DemoFailed(
-            f"the demo data generator is missing ({path}); run the demo from a source "
-            "checkout, or import your own BasicCompanyData file with "
-            "`agent-runner import-companies FILE.csv` first")
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the module executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return companies_generator
 
 
 # -- 3. the daemon ---------------------------------------------------------------------

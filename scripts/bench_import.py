@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import bench_common as bench  # sets sys.path up for `agents` and `runner` from a checkout
-import generate_companies
 from psycopg_pool import AsyncConnectionPool
 
+from agents import companies_generator as generate_companies
 from agents.companies_import import ImportReport, import_companies
 
 GOAL_ROWS_PER_SECOND = 100_000

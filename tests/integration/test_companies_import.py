@@ -5,9 +5,7 @@ header variants, and the bulk path for an empty table."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 import zipfile
 from datetime import date
 from pathlib import Path
@@ -18,9 +16,9 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from agents import companies_generator
 from agents.companies_import import CSV_COLUMNS, CompaniesFileError, import_companies
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generate_companies.py"
 Conn = psycopg.Connection[tuple[Any, ...]]
 SECONDARY_INDEXES = {
     "companies_sic_codes_idx", "companies_post_town_idx", "companies_country_idx",
@@ -30,12 +28,7 @@ SECONDARY_INDEXES = {
 
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_companies", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return companies_generator
 
 
 def write_generated(generator: ModuleType, path: Path, rows: int, **options: Any) -> list[Any]:

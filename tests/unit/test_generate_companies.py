@@ -4,16 +4,14 @@ benchmarks load must look like the real product."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generate_companies.py"
+from agents import companies_generator
 
 # The header of the real files, spaces and all.
 REAL_HEADER = (
@@ -39,13 +37,7 @@ DATE = re.compile(r"\d{2}/\d{2}/\d{4}")
 
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
-    """The script as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("generate_companies", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return companies_generator
 
 
 def _generate(generator: ModuleType, rows: int, **options: object) -> tuple[str, list[object]]:
