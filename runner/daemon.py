@@ -36,7 +36,7 @@ from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
 from runner import __version__, metrics, sdnotify, store
-from runner.executor import Executor, StopReason
+from runner.executor import JOB_FINISHED_BY_ATTEMPT, Executor, StopReason
 from runner.http import MetricsServer, postgres_health_check
 from runner.registry import Registry, default_registry
 from runner.settings import Settings
@@ -69,10 +69,23 @@ class ClaimGate(JobManager):
 
     paused: bool = False
 
+    def __init__(self, connector: Any) -> None:
+        super().__init__(connector)
+        #: Jobs whose attempt already marked them succeeded in its own finish.
+        self.finished_by_attempt: set[int] = set()
+
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Any:
         if self.paused:
             return None
         return await super().fetch_job(queues=queues, worker_id=worker_id)
+
+    async def finish_job(self, job: Any, status: Any, delete_job: bool) -> None:
+        # The attempt's finish statement already ended this job (one commit saved per
+        # attempt); procrastinate's finish would fail on a job no longer 'doing'.
+        if job.id in self.finished_by_attempt:
+            self.finished_by_attempt.discard(job.id)
+            return
+        await super().finish_job(job=job, status=status, delete_job=delete_job)
 
 
 def build_app(executor_ref: Callable[[], Executor], stop_reason: Callable[[], StopReason | None]
@@ -94,6 +107,10 @@ def build_app(executor_ref: Callable[[], Executor], stop_reason: Callable[[], St
             return stop_reason()
 
         outcome = await executor_ref().run_job(uuid.UUID(task_id), context.job.id, reason)
+        if outcome.value in JOB_FINISHED_BY_ATTEMPT:
+            gate = app.job_manager
+            assert isinstance(gate, ClaimGate)
+            gate.finished_by_attempt.add(context.job.id)
         return outcome.value
 
     return app

@@ -44,6 +44,10 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"  # the job was stale: task cancelled or re-queued elsewhere
 
 
+#: Outcomes whose finish also ended the procrastinate job (see ``Executor.run_job``).
+JOB_FINISHED_BY_ATTEMPT = frozenset({"completed", "retry", "failed", "timeout", "cancelled"})
+
+
 class StopReason(enum.Enum):
     """Why the executor cancelled a running attempt from outside."""
 
@@ -178,7 +182,12 @@ class Executor:
             finish = self._retry_or_fail(attempt, "failed", f"{type(exc).__name__}: {exc}", None)
         if context is not None:
             finish = _with_metrics(finish, context.execution_metrics())
-        outcome = await self._record(attempt, finish, commit_hook)
+        # When the attempt ends normally its finish also ends the procrastinate job,
+        # saving procrastinate's own finish transaction; a cancellation from outside is
+        # re-raised below and procrastinate records the job as aborted itself.
+        outcome = await self._record(
+            attempt, finish, commit_hook, finish_job=not cancelled_from_outside
+        )
         if cancelled_from_outside and outcome is not Outcome.FENCED:
             # Let procrastinate see the cancellation so its job ends 'aborted'.
             raise asyncio.CancelledError
@@ -224,6 +233,8 @@ class Executor:
         attempt: store.StartedAttempt,
         finish: store.Finish,
         commit_hook: CommitHook | None,
+        *,
+        finish_job: bool,
     ) -> Outcome:
         try:
             # Dependents are enqueued by a trigger on agent_tasks (sql/0005) inside the
@@ -231,7 +242,7 @@ class Executor:
             async with self._pool.connection() as conn:
                 if commit_hook is None or finish.task_status != "completed":
                     # The finish alone is one atomic statement: no BEGIN/COMMIT needed.
-                    await store.finish_attempt(conn, attempt, finish)
+                    await store.finish_attempt(conn, attempt, finish, finish_job=finish_job)
                 else:
                     async with conn.transaction():
                         # The hook runs first so that figures it returns land in the
@@ -242,7 +253,8 @@ class Executor:
                             finish = dataclasses.replace(
                                 finish, output={**(finish.output or {}), **extra}
                             )
-                        await store.finish_attempt(conn, attempt, finish)
+                        await store.finish_attempt(
+                            conn, attempt, finish, finish_job=finish_job)
         except store.Fenced as exc:
             logger.warning("attempt_fenced", extra={"task_id": str(attempt.task_id),
                                                     "reason": str(exc)})
@@ -256,7 +268,8 @@ class Executor:
             failure = self._retry_or_fail(
                 attempt, "failed", f"writing results failed: {type(exc).__name__}: {exc}", None
             )
-            return await self._record(attempt, _with_metrics(failure, finish.metrics), None)
+            return await self._record(
+                attempt, _with_metrics(failure, finish.metrics), None, finish_job=finish_job)
         if finish.task_status == "pending" and self._on_retry_scheduled is not None:
             self._on_retry_scheduled(finish.run_at_delay_seconds)
         return _outcome_of(finish)

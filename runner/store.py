@@ -144,13 +144,14 @@ class Finish:
 
 
 async def finish_attempt(
-    conn: Conn, attempt: StartedAttempt, finish: Finish
+    conn: Conn, attempt: StartedAttempt, finish: Finish, *, finish_job: bool = False
 ) -> int:
     """Write the attempt's end (one statement, atomic on its own). Raises
     :class:`Fenced` when the attempt no longer owns its task; nothing is written then.
+    With ``finish_job`` the procrastinate job is marked succeeded in the same statement.
     Returns the execution's duration in ms."""
     cur = await conn.execute(
-        "SELECT runner_finish_attempt(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        "SELECT runner_finish_attempt(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             attempt.task_id,
             attempt.execution_id,
@@ -162,6 +163,7 @@ async def finish_attempt(
             Jsonb(finish.summary) if finish.summary is not None else None,
             Jsonb(dict(finish.metrics)),
             float(finish.run_at_delay_seconds),
+            attempt.job_id if finish_job else None,
         ),
     )
     row = await cur.fetchone()

@@ -275,10 +275,12 @@ $$;
 -- nothing is written unless the attempt still owns its task; then it returns NULL.
 -- Otherwise it returns the execution's duration in ms. A 'pending' end re-queues the
 -- task with a fresh job after p_delay seconds (spending a retry when p_spend_retry).
+-- With p_job_id, the attempt's procrastinate job is marked succeeded in the same
+-- statement (what procrastinate's own finish would do in a second transaction).
 CREATE FUNCTION runner_finish_attempt(
     p_task_id uuid, p_execution_id uuid, p_task_status text, p_execution_status text,
     p_spend_retry boolean, p_error text, p_output jsonb, p_summary jsonb, p_metrics jsonb,
-    p_delay double precision
+    p_delay double precision, p_job_id bigint
 ) RETURNS integer
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -320,6 +322,12 @@ BEGIN
         -- The task said the attempt owned it but the execution was not running: the
         -- two disagree, which no code path produces. Refuse rather than guess.
         RAISE EXCEPTION 'execution % of task % is not running', p_execution_id, p_task_id;
+    END IF;
+    IF p_job_id IS NOT NULL THEN
+        -- Lock order task -> job, as in cancel_agent_task and the rescuer.
+        UPDATE procrastinate_jobs
+        SET status = 'succeeded', abort_requested = false, attempts = attempts + 1
+        WHERE id = p_job_id AND status = 'doing';
     END IF;
     RETURN duration;
 END;
