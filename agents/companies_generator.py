@@ -36,29 +36,28 @@ from pathlib import Path
 from random import Random
 from typing import TextIO
 
-# The real header, as the files from Companies House spell it (note the spaces).
-HEADER: tuple[str, ...] = (
-    "CompanyName", " CompanyNumber", "RegAddress.CareOf", "RegAddress.POBox",
-    "RegAddress.AddressLine1", " RegAddress.AddressLine2", "RegAddress.PostTown",
-    "RegAddress.County", "RegAddress.Country", "RegAddress.PostCode", "CompanyCategory",
-    "CompanyStatus", "CountryOfOrigin", "DissolutionDate", "IncorporationDate",
-    "Accounts.AccountRefDay", "Accounts.AccountRefMonth", "Accounts.NextDueDate",
-    "Accounts.LastMadeUpDate", "Accounts.AccountCategory", "Returns.NextDueDate",
-    "Returns.LastMadeUpDate", "Mortgages.NumMortCharges", "Mortgages.NumMortOutstanding",
-    "Mortgages.NumMortPartSatisfied", "Mortgages.NumMortSatisfied", "SICCode.SicText_1",
-    "SICCode.SicText_2", "SICCode.SicText_3", "SICCode.SicText_4",
-    "LimitedPartnerships.NumGenPartners", "LimitedPartnerships.NumLimPartners", "URI",
-    "PreviousName_1.CONDATE", " PreviousName_1.CompanyName",
-    " PreviousName_2.CONDATE", " PreviousName_2.CompanyName",
-    "PreviousName_3.CONDATE", " PreviousName_3.CompanyName",
-    "PreviousName_4.CONDATE", " PreviousName_4.CompanyName",
-    "PreviousName_5.CONDATE", " PreviousName_5.CompanyName",
-    "PreviousName_6.CONDATE", " PreviousName_6.CompanyName",
-    "PreviousName_7.CONDATE", " PreviousName_7.CompanyName",
-    "PreviousName_8.CONDATE", " PreviousName_8.CompanyName",
-    "PreviousName_9.CONDATE", " PreviousName_9.CompanyName",
-    "PreviousName_10.CONDATE", " PreviousName_10.CompanyName",
-    "ConfStmtNextDueDate", " ConfStmtLastMadeUpDate",
+from agents.companies_import import CSV_COLUMNS
+
+# The real header, as the files from Companies House spell it: the importer's column
+# names, with the leading space the real files put in front of some of them.
+_SPACED_IN_REAL_FILES = frozenset({
+    "CompanyNumber",
+    "RegAddress.AddressLine2",
+    "PreviousName_1.CompanyName",
+    "PreviousName_2.CONDATE",
+    "PreviousName_2.CompanyName",
+    "PreviousName_3.CompanyName",
+    "PreviousName_4.CompanyName",
+    "PreviousName_5.CompanyName",
+    "PreviousName_6.CompanyName",
+    "PreviousName_7.CompanyName",
+    "PreviousName_8.CompanyName",
+    "PreviousName_9.CompanyName",
+    "PreviousName_10.CompanyName",
+    "ConfStmtLastMadeUpDate",
+})
+HEADER: tuple[str, ...] = tuple(
+    f" {name}" if name in _SPACED_IN_REAL_FILES else name for name in CSV_COLUMNS
 )
 
 URI_PREFIX = "http://business.data.gov.uk/id/company/"

@@ -93,6 +93,16 @@ def query(db_url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
 
+def task_state(conn: psycopg.Connection[Any], task_id: str) -> tuple[Any, ...]:
+    """(status, retry_count, output, error_message) of one task."""
+    row = conn.execute(
+        "SELECT status, retry_count, output, error_message FROM agent_tasks WHERE id = %s",
+        (task_id,),
+    ).fetchone()
+    assert row, f"no task {task_id}"
+    return row
+
+
 def daemon_env(db_url: str, **overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from agents.enrichment_agent import EnrichmentAgent
 from runner.executor import Outcome
 from runner.registry import Registry
-from tests.harness import run_task_inline, test_settings
+from tests.harness import run_task_inline, task_state, test_settings
 from tests.standins.companies_house import (
     CompaniesHouseStandIn,
     officer,
@@ -97,13 +97,7 @@ def enqueue(conn: Conn, payload: dict[str, Any] | str,
     return str(row[0])
 
 
-def task(conn: Conn, task_id: str) -> tuple[Any, ...]:
-    row = conn.execute(
-        "SELECT status, retry_count, output, error_message FROM agent_tasks WHERE id = %s",
-        (task_id,),
-    ).fetchone()
-    assert row
-    return row
+task = task_state
 
 
 def items(conn: Conn, stream_id: str) -> dict[str, tuple[Any, ...]]:

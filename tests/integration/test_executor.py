@@ -18,7 +18,7 @@ from runner import store
 from runner.api import AgentContext, AgentResult, FailPermanently
 from runner.executor import Executor, Outcome, StopReason, retry_delay
 from runner.registry import Registry, default_registry
-from tests.harness import run_task_inline, test_settings
+from tests.harness import run_task_inline, task_state, test_settings
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -33,13 +33,7 @@ def _enqueue(conn: Conn, payload: str = "{}", agent: str = "x", agent_type: str 
     return str(row[0])
 
 
-def _task(conn: Conn, task_id: str) -> tuple[Any, ...]:
-    row = conn.execute(
-        "SELECT status, retry_count, output, error_message FROM agent_tasks WHERE id = %s",
-        (task_id,),
-    ).fetchone()
-    assert row
-    return row
+_task = task_state
 
 
 async def test_noop_completes_with_one_execution(conn: Conn, pool: AsyncConnectionPool) -> None:

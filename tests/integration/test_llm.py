@@ -23,7 +23,7 @@ from runner.api import AgentContext, AgentResult
 from runner.executor import Outcome
 from runner.registry import Registry
 from runner.settings import Settings
-from tests.harness import run_task_inline, test_settings
+from tests.harness import run_task_inline, task_state, test_settings
 from tests.standins.anthropic_api import (
     AnthropicStandIn,
     RecordedRequest,
@@ -83,13 +83,7 @@ def _enqueue(conn: Conn, prompt: str = "What does company 1234567 do?",
     return str(row[0])
 
 
-def _task(conn: Conn, task_id: str) -> tuple[Any, ...]:
-    row = conn.execute(
-        "SELECT status, retry_count, output, error_message FROM agent_tasks WHERE id = %s",
-        (task_id,),
-    ).fetchone()
-    assert row
-    return row
+_task = task_state
 
 
 def _ledger(conn: Conn, task_id: str) -> list[dict[str, Any]]:
