@@ -97,7 +97,7 @@ from uuid import UUID
 
 import httpx
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents import llm as llm_api
 from agents import taxonomy
@@ -127,7 +127,14 @@ from agents.website import (
     fetch_page,
     is_fetchable_url,
 )
-from runner.api import AgentContext, AgentResult, CancelTask, FailPermanently, RetryLater
+from runner.api import (
+    AgentContext,
+    AgentResult,
+    CancelTask,
+    FailPermanently,
+    RetryLater,
+    agent_configuration,
+)
 
 __all__ = [
     "EnrichmentAgent",
@@ -592,14 +599,7 @@ class EnrichmentAgent:
 
 
 def _config(ctx: AgentContext) -> EnrichmentConfig:
-    try:
-        return EnrichmentConfig.model_validate(dict(ctx.agent.configuration))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'configuration'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise FailPermanently(f"invalid agent configuration: {problems}") from None
+    return agent_configuration(ctx.agent, EnrichmentConfig)
 
 
 def _reuse(run: _Run, item: store.PendingItem) -> _Outcome | None:

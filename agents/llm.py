@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, cast
 from pydantic import BaseModel, ValidationError
 
 from agents.prices import PriceTable, load_price_table
-from runner.api import AgentContext, FailPermanently, LLMCallRecord, RetryLater
+from runner.api import (
+    AgentContext,
+    FailPermanently,
+    LLMCallRecord,
+    RetryLater,
+    describe_validation_error,
+)
 from runner.settings import Settings
 
 # The SDK is imported where it is used, not here: importing it takes seconds of CPU
@@ -621,8 +627,5 @@ def _json_object_in(text: str) -> str:
 
 def _short_problem(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'object'}: {err['msg']}"
-            for err in exc.errors()[:5]
-        )
+        return describe_validation_error(exc, root="object", limit=5)
     return str(exc)[:300]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.llm import (
     DEFAULT_MAX_TOKENS,
@@ -27,7 +27,7 @@ from agents.llm import (
     run_tool_loop,
 )
 from agents.tools import BUILTIN_TOOLS, PendingWrites, ToolRegistry
-from runner.api import AgentContext, AgentResult, FailPermanently
+from runner.api import AgentContext, AgentResult, FailPermanently, agent_configuration
 
 #: A prompt is a request, not a document store: 100k characters is ~25k tokens.
 MAX_PROMPT_CHARS: Final = 100_000
@@ -69,12 +69,7 @@ class LLMAgent:
     async def run(self, ctx: AgentContext, payload: LLMInput) -> AgentResult:
         if not has_api_key(ctx.settings):
             raise FailPermanently(NO_API_KEY_MESSAGE)
-        try:
-            config = LLMAgentConfiguration.model_validate(dict(ctx.agent.configuration))
-        except ValidationError as exc:
-            raise FailPermanently(
-                f"invalid configuration for agent {ctx.agent.name!r}: {exc}"
-            ) from None
+        config = agent_configuration(ctx.agent, LLMAgentConfiguration)
         writes = PendingWrites()
         tools = self._tools.bind(ctx.agent.tool_names, ctx, writes)
         result = await run_tool_loop(

@@ -72,7 +72,7 @@ import uuid
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, ClassVar, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents import lead_scoring, taxonomy
 from agents.companies_house import (
@@ -88,7 +88,7 @@ from agents.llm_judgements import BuyingSignal, qualify_company
 from agents.store import companies as companies_store
 from agents.store import streams as store
 from agents.stream_goal import StreamGoal, StreamTaskInput, load_stream_goal
-from runner.api import AgentContext, AgentResult, CommitHook, FailPermanently
+from runner.api import AgentContext, AgentResult, CommitHook, FailPermanently, agent_configuration
 
 AGENT_TAG: Final = "opportunity_bot"
 #: More goal locations than this are searched as one search without ``location``.
@@ -405,11 +405,4 @@ class OpportunityBot:
 
 
 def _config(ctx: AgentContext) -> OpportunityBotConfig:
-    try:
-        return OpportunityBotConfig.model_validate(dict(ctx.agent.configuration))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'configuration'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise FailPermanently(f"invalid agent configuration: {problems}") from None
+    return agent_configuration(ctx.agent, OpportunityBotConfig)

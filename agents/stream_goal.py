@@ -37,7 +37,7 @@ from pydantic import (
 
 from agents import taxonomy
 from agents.store import streams as store
-from runner.api import AgentContext, FailPermanently
+from runner.api import AgentContext, FailPermanently, describe_validation_error
 
 DEFAULT_COMPANIES_TO_FIND = 50
 DEFAULT_MIN_QUALITY_SCORE = 4.0
@@ -148,21 +148,14 @@ class StreamGoal:
         }
 
 
-def _problems(exc: ValidationError, prefix: str) -> str:
-    parts = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"])
-        parts.append(f"{prefix}{'.' if field else ''}{field}: {error['msg']}")
-    return "; ".join(parts)
-
-
 def _stream_section(
     model: type[GoalCriteria] | type[TargetMetrics], value: Mapping[str, Any], where: str
 ) -> Any:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        raise FailPermanently(f"invalid goal in the stream: {_problems(exc, where)}") from None
+        problems = describe_validation_error(exc, prefix=where)
+        raise FailPermanently(f"invalid goal in the stream: {problems}") from None
 
 
 async def load_stream_goal(ctx: AgentContext, payload: StreamTaskInput) -> StreamGoal:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agents.llm import ToolOutcome
 from agents.store import llm as store
-from runner.api import AgentContext, FailPermanently
+from runner.api import AgentContext, FailPermanently, describe_validation_error
 
 if TYPE_CHECKING:
     from anthropic.types import ToolParam
@@ -101,10 +101,7 @@ class BoundTool(Generic[A]):
         try:
             args = self.spec.input_model.model_validate(dict(arguments))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'input'}: {err['msg']}"
-                for err in exc.errors()[:10]
-            )
+            problems = describe_validation_error(exc, root="input", limit=10)
             return ToolOutcome(f"invalid input: {problems}", is_error=True)
         try:
             result = await self.spec.handler(self.ctx, self.writes, args)

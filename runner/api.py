@@ -20,12 +20,12 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
 
 import httpx
 import psycopg
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from runner.settings import Settings
 
@@ -39,6 +39,8 @@ __all__ = [
     "FailPermanently",
     "LLMCallRecord",
     "RetryLater",
+    "agent_configuration",
+    "describe_validation_error",
 ]
 
 #: Runs inside the transaction that completes the task. It may return figures it could
@@ -151,6 +153,37 @@ class AgentContext(Protocol):
     def observe_http_call(self, service: str, outcome: str) -> None:
         """Count an external HTTP call for Prometheus (``service``, ``outcome`` bounded)."""
         ...
+
+
+def describe_validation_error(
+    exc: ValidationError, *, root: str = "value", prefix: str = "", limit: int | None = None
+) -> str:
+    """One line naming each field pydantic refused: ``a.b: message; c: message``.
+
+    ``prefix`` goes in front of every field path (``goal_criteria.industry``); ``root``
+    names an error on the whole value; ``limit`` keeps the first few errors only.
+    """
+    parts = []
+    for error in exc.errors()[:limit]:
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"{prefix}.{field}" if prefix and field else (prefix or field or root)
+        parts.append(f"{name}: {error['msg']}")
+    return "; ".join(parts)
+
+
+ConfigurationT = TypeVar("ConfigurationT", bound=BaseModel)
+
+
+def agent_configuration(agent: AgentDefinition, model: type[ConfigurationT]) -> ConfigurationT:
+    """The agent row's ``configuration`` as ``model``, or :class:`FailPermanently`
+    naming the bad fields (a configuration error will not fix itself on retry)."""
+    try:
+        return model.model_validate(dict(agent.configuration))
+    except ValidationError as exc:
+        problems = describe_validation_error(exc, root="configuration")
+        raise FailPermanently(
+            f"invalid configuration for agent {agent.name!r}: {problems}"
+        ) from None
 
 
 class Agent(Protocol):

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from runner.api import Agent
+from runner.api import Agent, describe_validation_error
 
 # agent_type -> "module:Class". Adding an agent means adding a line here.
 BUILTIN_AGENTS: Mapping[str, str] = {
@@ -46,19 +46,12 @@ class Registry:
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
-            raise InvalidPayload(describe_validation_error(exc)) from None
+            problems = describe_validation_error(exc, root="payload")
+            raise InvalidPayload(f"invalid payload: {problems}") from None
 
 
 class InvalidPayload(ValueError):
     pass
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "payload"
-        problems.append(f"{field}: {error['msg']}")
-    return "invalid payload: " + "; ".join(problems)
 
 
 def default_registry() -> Registry:
