@@ -245,9 +245,10 @@ class Executor:
                     await store.finish_attempt(conn, attempt, finish, finish_job=finish_job)
                 else:
                     async with conn.transaction():
-                        # The hook runs first so that figures it returns land in the
-                        # stored output; if the attempt turns out to be fenced, the
-                        # whole transaction, hook writes included, rolls back.
+                        # Ownership first: a fenced attempt writes nothing at all. The
+                        # hook then runs before the finish so that figures it returns
+                        # land in the stored output.
+                        await store.lock_owned_task(conn, attempt)
                         extra = await commit_hook(conn)
                         if extra:
                             finish = dataclasses.replace(

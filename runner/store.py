@@ -172,6 +172,19 @@ async def finish_attempt(
     return int(row[0])
 
 
+async def lock_owned_task(conn: Conn, attempt: StartedAttempt) -> None:
+    """Inside a transaction: lock the task row if the attempt still owns it, before
+    anything else is written; raise :class:`Fenced` otherwise. (Task first, as the
+    rescuer and cancel_agent_task lock it.)"""
+    cur = await conn.execute(
+        "SELECT 1 FROM agent_tasks WHERE id = %s AND status = 'processing' "
+        "AND current_execution_id = %s FOR UPDATE",
+        (attempt.task_id, attempt.execution_id),
+    )
+    if await cur.fetchone() is None:
+        raise Fenced(f"task {attempt.task_id} is no longer owned by {attempt.execution_id}")
+
+
 async def task_cancel_requested(conn: Conn, task_id: UUID) -> bool:
     row = await (
         await conn.execute("SELECT cancel_requested FROM agent_tasks WHERE id = %s", (task_id,))
