@@ -121,7 +121,7 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
         raise CommandFailed(f"cannot connect to the database: {exc}".strip()) from None
     try:
         # One clear message instead of "relation ... does not exist" further on.
-        check_schema_current(url)
+        check_schema_current(conn)
     except SchemaBehind as exc:
         conn.close()
         raise CommandFailed(str(exc)) from None

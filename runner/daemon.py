@@ -88,7 +88,7 @@ class ClaimGate(JobManager):
         await super().finish_job(job=job, status=status, delete_job=delete_job)
 
 
-def build_app(executor_ref: Callable[[], Executor], stop_reason: Callable[[], StopReason | None]
+def build_app(executor: Executor, stop_reason: Callable[[], StopReason | None]
               ) -> procrastinate.App:
     """A procrastinate app with the single task that runs one attempt."""
     app = procrastinate.App(connector=procrastinate.PsycopgConnector())
@@ -106,7 +106,7 @@ def build_app(executor_ref: Callable[[], Executor], stop_reason: Callable[[], St
                 return StopReason.SHUTDOWN
             return stop_reason()
 
-        outcome = await executor_ref().run_job(uuid.UUID(task_id), context.job.id, reason)
+        outcome = await executor.run_job(uuid.UUID(task_id), context.job.id, reason)
         if outcome.value in JOB_FINISHED_BY_ATTEMPT:
             gate = app.job_manager
             assert isinstance(gate, ClaimGate)
@@ -133,7 +133,6 @@ class Daemon:
         self.stopping = False
         self.hard_stopping = False
         self._signals = 0
-        self._stopped = asyncio.Event()
         self.pool: AsyncConnectionPool | None = None
         self.executor: Executor | None = None
         self.worker: Worker | None = None
@@ -151,7 +150,6 @@ class Daemon:
             metrics.daemon_stopping()
             if self.worker is not None:
                 self.worker.stop()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
-            self._stopped.set()
         else:
             logger.warning("hard_stop_requested")
             self.hard_stopping = True
@@ -270,7 +268,7 @@ class Daemon:
                 daemon_id=self.id,
                 on_retry_scheduled=self._wake_worker_after,
             )
-            app = self.app = build_app(lambda: self._executor(), self._stop_reason)
+            app = self.app = build_app(self.executor, self._stop_reason)
             await app.open_async(pool=pool)
             host, port = settings.metrics_host_port
             self.metrics_server = MetricsServer(postgres_health_check(pool), host=host, port=port)
@@ -325,10 +323,6 @@ class Daemon:
         period = self.settings.heartbeat_interval
         return min(period, watchdog) if watchdog else period
 
-    def _executor(self) -> Executor:
-        assert self.executor is not None
-        return self.executor
-
     async def _supervise(self, pool: AsyncConnectionPool) -> int:
         assert self.worker is not None
         settings = self.settings
@@ -364,9 +358,9 @@ class Daemon:
                                                       "error": repr(exc)})
             exit_code = 1
             self.worker.stop()  # type: ignore[no-untyped-call]  # procrastinate leaves it unannotated
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker_task
-        if worker_task.done() and not worker_task.cancelled() and worker_task.exception():
+        # Wait without re-raising: a worker that crashed is logged and exits 1 below.
+        await asyncio.wait({worker_task})
+        if not worker_task.cancelled() and worker_task.exception() is not None:
             logger.error("worker_died", extra={"error": repr(worker_task.exception())})
             exit_code = 1
         elif not self.stopping and exit_code == 0:

@@ -150,24 +150,28 @@ def _migrate_procrastinate(conn: psycopg.Connection[Any]) -> list[str]:
     return names
 
 
-def pending_migrations(conninfo: str) -> list[str]:
-    """Names of the migrations this build has that the database lacks."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        present = conn.execute(
-            "SELECT to_regclass('runner_migrations') IS NOT NULL, "
-            "to_regclass('runner_procrastinate_schema') IS NOT NULL"
-        ).fetchone()
-        if not present or not present[0] or not present[1]:
-            return ["procrastinate schema"] + [m.name for m in bundled_migrations()]
-        done = {row[0] for row in conn.execute("SELECT version FROM runner_migrations")}
-        missing = [m.name for m in bundled_migrations() if m.version not in done]
-        row = conn.execute("SELECT version FROM runner_procrastinate_schema").fetchone()
-        if row is None or row[0] != _version_text(procrastinate_version()):
-            missing.insert(0, "procrastinate schema")
-        return missing
+def pending_migrations(conninfo: str | psycopg.Connection[Any]) -> list[str]:
+    """Names of the migrations this build has that the database lacks (given a URL, or
+    an autocommit connection the caller already holds)."""
+    if isinstance(conninfo, str):
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            return pending_migrations(conn)
+    conn = conninfo
+    present = conn.execute(
+        "SELECT to_regclass('runner_migrations') IS NOT NULL, "
+        "to_regclass('runner_procrastinate_schema') IS NOT NULL"
+    ).fetchone()
+    if not present or not present[0] or not present[1]:
+        return ["procrastinate schema"] + [m.name for m in bundled_migrations()]
+    done = {row[0] for row in conn.execute("SELECT version FROM runner_migrations")}
+    missing = [m.name for m in bundled_migrations() if m.version not in done]
+    row = conn.execute("SELECT version FROM runner_procrastinate_schema").fetchone()
+    if row is None or row[0] != _version_text(procrastinate_version()):
+        missing.insert(0, "procrastinate schema")
+    return missing
 
 
-def check_schema_current(conninfo: str) -> None:
+def check_schema_current(conninfo: str | psycopg.Connection[Any]) -> None:
     missing = pending_migrations(conninfo)
     if missing:
         raise SchemaBehind(
