@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -58,7 +57,7 @@ from typing import Any, Final, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from runner.api import FailPermanently
+from runner.api import FailPermanently, backoff_delay
 
 __all__ = [
     "Accounts",
@@ -461,10 +460,7 @@ class CompaniesHouseClient:
         )
 
     def _backoff_delay(self, attempt: int) -> float:
-        policy = self._policy
-        delay = min(policy.backoff_max, policy.backoff_base * (2.0 ** (attempt - 1)))
-        # Jitter downwards only, so the cap stays a cap.
-        return delay * random.uniform(0.75, 1.0)
+        return backoff_delay(attempt, base=self._policy.backoff_base, cap=self._policy.backoff_max)
 
     async def _backoff(self, attempt: int, retry_after: str | None) -> None:
         if attempt >= self._policy.max_attempts:

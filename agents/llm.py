@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import email.utils
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
@@ -48,6 +47,7 @@ from runner.api import (
     FailPermanently,
     LLMCallRecord,
     RetryLater,
+    backoff_delay,
     describe_validation_error,
 )
 from runner.settings import Settings
@@ -123,9 +123,8 @@ class RetryPolicy:
     request_timeout: float = 600.0
 
     def backoff(self, failure: int) -> float:
-        """Capped exponential backoff with +-25 % jitter, ``failure`` counting from 1."""
-        delay = min(self.backoff_max, self.backoff_base * 2.0 ** min(failure - 1, 30))
-        return delay * random.uniform(0.75, 1.25)
+        """Capped exponential backoff with jitter, ``failure`` counting from 1."""
+        return backoff_delay(failure, base=self.backoff_base, cap=self.backoff_max)
 
 
 DEFAULT_POLICY: Final = RetryPolicy()

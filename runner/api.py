@@ -17,6 +17,7 @@ Two rules keep an agent exactly-once:
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
@@ -40,6 +41,7 @@ __all__ = [
     "LLMCallRecord",
     "RetryLater",
     "agent_configuration",
+    "backoff_delay",
     "describe_validation_error",
 ]
 
@@ -153,6 +155,19 @@ class AgentContext(Protocol):
     def observe_http_call(self, service: str, outcome: str) -> None:
         """Count an external HTTP call for Prometheus (``service``, ``outcome`` bounded)."""
         ...
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float) -> float:
+    """Exponential backoff with +-25 % jitter, capped: about base, 2*base, 4*base ...
+    at most ``cap`` seconds; ``attempt`` counts from 1.
+
+    The jitter band is narrow enough that consecutive delays still grow (1.25 < 1.5),
+    and wide enough to spread a burst of failures apart. The runner's task retries, the
+    LLM layer and the Companies House client all back off with this.
+    """
+    exponent = min(max(attempt - 1, 0), 30)
+    jittered: float = base * (2**exponent) * random.uniform(0.75, 1.25)
+    return min(cap, jittered)
 
 
 def describe_validation_error(

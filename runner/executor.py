@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import enum
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,7 +23,14 @@ import httpx
 from psycopg_pool import AsyncConnectionPool
 
 from runner import metrics, store
-from runner.api import AgentResult, CancelTask, CommitHook, FailPermanently, RetryLater
+from runner.api import (
+    AgentResult,
+    CancelTask,
+    CommitHook,
+    FailPermanently,
+    RetryLater,
+    backoff_delay,
+)
 from runner.context import AttemptContext
 from runner.registry import InvalidPayload, Registry, UnknownAgentType
 from runner.settings import Settings
@@ -56,14 +62,8 @@ class StopReason(enum.Enum):
 
 
 def retry_delay(retry_number: int, *, base: float, cap: float) -> float:
-    """Exponential backoff with +-25 % jitter, capped: about 1 s, 2 s, 4 s ... at most cap.
-
-    The jitter band is narrow enough that consecutive delays still grow (1.25 < 1.5),
-    and wide enough to spread a burst of failures apart.
-    """
-    exponent = min(max(retry_number - 1, 0), 30)
-    jittered: float = base * (2**exponent) * random.uniform(0.75, 1.25)
-    return min(cap, jittered)
+    """The delay before task retry number ``retry_number`` (see ``backoff_delay``)."""
+    return backoff_delay(retry_number, base=base, cap=cap)
 
 
 class Executor:
