@@ -27,9 +27,9 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from runner import admin
 from runner.migrate import SchemaBehind, check_schema_current, migrate
 from runner.settings import Settings, SettingsError, load_settings
+from runner.store import operator as admin
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -13,9 +13,10 @@ import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from runner import metrics, store
+from runner import metrics
 from runner.api import AgentDefinition, LLMCallRecord
 from runner.settings import Settings
+from runner.store import attempts as store
 
 logger = logging.getLogger("runner.agent")
 

@@ -35,11 +35,13 @@ from procrastinate.manager import JobManager
 from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
 
-from runner import __version__, metrics, sdnotify, store
+from runner import __version__, metrics, sdnotify
 from runner.executor import JOB_FINISHED_BY_ATTEMPT, Executor, StopReason
 from runner.http import MetricsServer, postgres_health_check
 from runner.registry import Registry, default_registry
 from runner.settings import Settings
+from runner.store import Conn, channels
+from runner.store import daemons as store
 
 logger = logging.getLogger("runner.daemon")
 
@@ -209,7 +211,7 @@ class Daemon:
         """Pause/resume reach every daemon at once through NOTIFY; ``control_once``
         also runs every 2 s as the fallback for a missed notification."""
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
-            await conn.execute("LISTEN agent_runner_control")
+            await conn.execute(f"LISTEN {channels.CONTROL}")
             await self.control_once()
             gen = conn.notifies(timeout=_CONTROL_POLL_SECONDS)
             while True:
@@ -234,7 +236,7 @@ class Daemon:
                     raise
             await asyncio.sleep(interval)
 
-    async def _register(self, conn: store.Conn) -> None:
+    async def _register(self, conn: Conn) -> None:
         await store.register_daemon(
             conn,
             daemon_id=self.id,

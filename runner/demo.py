@@ -44,7 +44,7 @@ from typing import Any
 
 import psycopg
 
-from runner import admin
+from agents.store import demo as admin
 from runner.settings import Settings
 
 DEMO_SEED = 7

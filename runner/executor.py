@@ -22,7 +22,7 @@ from uuid import UUID
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from runner import metrics, store
+from runner import metrics
 from runner.api import (
     AgentResult,
     CancelTask,
@@ -34,6 +34,7 @@ from runner.api import (
 from runner.context import AttemptContext
 from runner.registry import InvalidPayload, Registry, UnknownAgentType
 from runner.settings import Settings
+from runner.store import attempts as store
 
 logger = logging.getLogger("runner.executor")
 

@@ -28,6 +28,7 @@ from typing import Any, Final
 from psycopg_pool import AsyncConnectionPool
 
 from runner import metrics
+from runner.store import monitoring
 
 __all__ = ["HealthCheck", "MetricsServer", "postgres_health_check"]
 
@@ -50,7 +51,7 @@ def postgres_health_check(pool: AsyncConnectionPool[Any], *, timeout: float = 2.
 
     async def check() -> None:
         async with pool.connection(timeout=timeout) as conn:
-            await conn.execute("SELECT 1")
+            await monitoring.ping(conn)
 
     return check
 

@@ -47,7 +47,9 @@ from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from psycopg_pool import AsyncConnectionPool
 
-from runner import metrics, workflows
+from runner import metrics
+from runner.store import channels
+from runner.store import cron as store
 
 if TYPE_CHECKING:
     from runner.daemon import Daemon
@@ -338,7 +340,7 @@ class _FireTimeExecutor(AsyncIOExecutor):  # type: ignore[misc]  # apscheduler i
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Loaded:
-    row: workflows.ScheduleRow
+    row: store.ScheduleRow
     trigger: CronTrigger | OrTrigger
 
     @property
@@ -418,10 +420,10 @@ class CronScheduler:
     async def reload(self) -> None:
         """Bring the jobs in line with the database, then catch up missed fires."""
         async with self._pool.connection() as conn:
-            rows = await workflows.load_schedules(conn)
+            rows = await store.load_schedules(conn)
             if time.monotonic() - self._last_prune > _PRUNE_EVERY_SECONDS:
                 self._last_prune = time.monotonic()
-                await workflows.prune_cron_fires(conn, older_than=FIRE_RETENTION)
+                await store.prune_cron_fires(conn, older_than=FIRE_RETENTION)
         wanted: dict[UUID, _Loaded] = {}
         for row in rows:
             current = self._loaded.get(row.agent_id)
@@ -508,19 +510,19 @@ class CronScheduler:
             logger.exception("cron_fire_crashed", extra={"agent_id": str(agent_id)})
             self._fatal = exc
 
-    async def fire(self, agent_id: UUID, fire_time: dt.datetime) -> workflows.FireResult | None:
+    async def fire(self, agent_id: UUID, fire_time: dt.datetime) -> store.FireResult | None:
         """Claim one fire of a loaded schedule now, as its job would (tests, tools).
         ``None`` when the agent has no loaded schedule or the database failed."""
         loaded = self._loaded.get(agent_id)
         return None if loaded is None else await self._fire(loaded, fire_time)
 
-    async def _fire(self, loaded: _Loaded, fire_time: dt.datetime) -> workflows.FireResult | None:
+    async def _fire(self, loaded: _Loaded, fire_time: dt.datetime) -> store.FireResult | None:
         """Claim the fire; enqueue its task if this daemon won. Database trouble loses
         only this attempt: the next reload catches the fire up (policy "once")."""
         row = loaded.row
         try:
             async with self._pool.connection() as conn:
-                result = await workflows.record_cron_fire(
+                result = await store.record_cron_fire(
                     conn, agent_id=row.agent_id, fire_time=fire_time,
                     schedule_cron=row.schedule_cron, schedule_timezone=row.schedule_timezone,
                     daemon_id=self._daemon_id,
@@ -569,7 +571,7 @@ class CronScheduler:
                     async with await psycopg.AsyncConnection.connect(
                         conninfo, autocommit=True
                     ) as listen:
-                        await listen.execute(f"LISTEN {workflows.SCHEDULES_CHANNEL}")
+                        await listen.execute(f"LISTEN {channels.SCHEDULES}")
                         # Whatever changed while nobody listened is picked up here.
                         await self.reload()
                         failures = 0

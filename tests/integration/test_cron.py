@@ -17,9 +17,10 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from runner import metrics, workflows
+from runner import metrics
 from runner.scheduler import CronScheduler, SchedulerOptions, scheduler_side_task
 from runner.settings import SettingsError, load_settings
+from runner.store import cron as cron_store
 from tests.harness import await_until, test_settings
 
 UTC = dt.UTC
@@ -299,17 +300,17 @@ async def test_a_fire_lost_to_a_connection_problem_is_caught_up_at_the_next_relo
     async with pool.connection() as conn:
         await conn.execute("UPDATE ai_agents SET schedule_changed_at = %s WHERE id = %s",
                            (now - dt.timedelta(days=1), agent_id))
-    claim = workflows.record_cron_fire
+    claim = cron_store.record_cron_fire
     attempts = 0
 
-    async def connection_lost_once(*args: Any, **kwargs: Any) -> workflows.FireResult:
+    async def connection_lost_once(*args: Any, **kwargs: Any) -> cron_store.FireResult:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return await claim(*args, **kwargs)
 
-    monkeypatch.setattr(workflows, "record_cron_fire", connection_lost_once)
+    monkeypatch.setattr(cron_store, "record_cron_fire", connection_lost_once)
     async with _scheduler(pool, clock=lambda: now) as scheduler:
         await scheduler.reload()
         assert await _scalar(pool, "SELECT count(*) FROM agent_tasks") == 0

@@ -14,10 +14,10 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
 from agents.noop import NoopAgent
-from runner import store
 from runner.api import AgentContext, AgentResult, FailPermanently
 from runner.executor import Executor, Outcome, StopReason, retry_delay
 from runner.registry import Registry, default_registry
+from runner.store import daemons as daemons_store
 from tests.harness import run_task_inline, task_state, test_settings
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -191,7 +191,7 @@ async def test_rescued_attempt_cannot_commit(conn: Conn, pool: AsyncConnectionPo
             # fetched by a worker: once it is old enough, the rescuer takes it.
             await aconn.execute(
                 "UPDATE agent_executions SET started_at = now() - interval '1 min'")
-            rescued = await store.rescue_orphans(aconn, min_age_seconds=1.0)
+            rescued = await daemons_store.rescue_orphans(aconn, min_age_seconds=1.0)
         assert [r.task_id for r in rescued] == [uuid.UUID(task_id)]
         gate.set()  # the stalled attempt comes back and tries to commit
         assert await running is Outcome.FENCED

@@ -21,10 +21,10 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict
 
-from runner import workflows
 from runner.api import AgentContext, AgentResult
 from runner.executor import Outcome
 from runner.registry import Registry
+from tests import workflow_queries as workflows
 from tests.harness import run_task_inline
 
 Conn = psycopg.Connection[tuple[Any, ...]]

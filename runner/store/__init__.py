@@ -1,0 +1,26 @@
+"""The engine's one SQL home: every query the runner sends, one module per concern.
+
+* :mod:`~runner.store.attempts` -- claim, finish, log lines, the LLM ledger (fenced)
+* :mod:`~runner.store.daemons` -- registration, heartbeat, pause switch, rescue
+* :mod:`~runner.store.cron` -- schedules and the claim of each fire
+* :mod:`~runner.store.workflows` -- workflow runs and their step tree
+* :mod:`~runner.store.operator` -- what the CLI reads and calls (sync connections)
+* :mod:`~runner.store.monitoring` -- the figures behind the gauges, the health probe
+* :mod:`~runner.store.channels` -- the LISTEN/NOTIFY channel names
+
+Outside this package only ``runner.migrate`` sends SQL (the migration files). The rules
+themselves (enqueue, finish, dependents, cron dedup) are SQL functions in ``sql/``;
+these modules call them. A query that both the async daemon and the sync CLI need is
+one text here, executed by each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+#: The daemon's connections (pooled, autocommit).
+Conn = psycopg.AsyncConnection[Any]
+#: The CLI's connection (autocommit).
+SyncConn = psycopg.Connection[Any]

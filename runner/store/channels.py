@@ -1,0 +1,14 @@
+"""The LISTEN/NOTIFY channels, named once. The SQL that NOTIFYs on them is in sql/."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: ``agent-runner pause`` / ``resume`` (runner_control changed).
+CONTROL: Final = "agent_runner_control"
+#: An agent's schedule changed (payload: the agent id).
+SCHEDULES: Final = "agent_runner_schedules"
+#: A workflow run changed status (JSON payload: workflow_run_id, status).
+WORKFLOWS: Final = "agent_runner_workflows"
+#: A task log line was written (``agent-runner logs --follow``).
+LOGS: Final = "agent_runner_logs"
