@@ -44,13 +44,13 @@ from pydantic import BaseModel, ValidationError
 from agents.prices import PriceTable, load_price_table
 from runner.api import (
     AgentContext,
+    AgentSettings,
     FailPermanently,
     LLMCallRecord,
     RetryLater,
     backoff_delay,
     describe_validation_error,
 )
-from runner.settings import Settings
 
 # The SDK is imported where it is used, not here: importing it takes seconds of CPU
 # (its type tree is large), and every daemon imports this module through the agent
@@ -170,13 +170,13 @@ class ToolLoopResult:
 # The client -------------------------------------------------------------------------
 
 
-def has_api_key(settings: Settings) -> bool:
+def has_api_key(settings: AgentSettings) -> bool:
     key = settings.anthropic_api_key
     return key is not None and bool(key.get_secret_value().strip())
 
 
 def build_client(
-    settings: Settings, *, policy: RetryPolicy = DEFAULT_POLICY
+    settings: AgentSettings, *, policy: RetryPolicy = DEFAULT_POLICY
 ) -> anthropic.AsyncAnthropic:
     """An SDK client from the settings, with the SDK's own retries off.
 
@@ -206,7 +206,7 @@ _SHARED_CLIENTS: dict[tuple[int, str, str, float], anthropic.AsyncAnthropic] = {
 
 
 def shared_client(
-    settings: Settings, *, policy: RetryPolicy = DEFAULT_POLICY
+    settings: AgentSettings, *, policy: RetryPolicy = DEFAULT_POLICY
 ) -> anthropic.AsyncAnthropic:
     if not has_api_key(settings):
         raise FailPermanently(NO_API_KEY_MESSAGE)

@@ -26,15 +26,14 @@ from uuid import UUID
 
 import httpx
 import psycopg
-from pydantic import BaseModel, ValidationError
-
-from runner.settings import Settings
+from pydantic import BaseModel, SecretStr, ValidationError
 
 __all__ = [
     "Agent",
     "AgentContext",
     "AgentDefinition",
     "AgentResult",
+    "AgentSettings",
     "CancelTask",
     "CommitHook",
     "FailPermanently",
@@ -91,6 +90,18 @@ class AgentDefinition:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """The part of the daemon's settings an agent may read: the outside services'
+    keys and addresses. Never ``DATABASE_URL`` (an agent reaches the database through
+    ``ctx.connection()`` only) nor the daemon's own tuning."""
+
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    companies_house_api_key: SecretStr | None = None
+    companies_house_base_url: str = "https://api.company-information.service.gov.uk"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LLMCallRecord:
     """One model call, as it goes into the cost ledger (``llm_calls``)."""
 
@@ -129,7 +140,7 @@ class AgentContext(Protocol):
     #: This task's executions so far, this one included (a manual retry continues it).
     attempt: int
     agent: AgentDefinition
-    settings: Settings
+    settings: AgentSettings
     #: A shared client for outbound HTTP (timeouts set); agents may also build their own.
     http: httpx.AsyncClient
     #: Outputs of the parent tasks in the same workflow run, keyed by agent name.

@@ -14,8 +14,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from runner import metrics
-from runner.api import AgentDefinition, LLMCallRecord
-from runner.settings import Settings
+from runner.api import AgentDefinition, AgentSettings, LLMCallRecord
 from runner.store import attempts as store
 
 logger = logging.getLogger("runner.agent")
@@ -39,7 +38,7 @@ class AttemptContext:
         *,
         pool: AsyncConnectionPool,
         attempt: store.StartedAttempt,
-        settings: Settings,
+        settings: AgentSettings,
         http: httpx.AsyncClient,
         parent_outputs: Mapping[str, Mapping[str, Any]],
     ) -> None:

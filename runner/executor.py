@@ -146,7 +146,7 @@ class Executor:
             context = AttemptContext(
                 pool=self._pool,
                 attempt=attempt,
-                settings=self._settings,
+                settings=self._settings.agent_view(),
                 http=self._http,
                 parent_outputs=parents,
             )

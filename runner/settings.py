@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runner.api import AgentSettings
+
 
 class SettingsError(Exception):
     """A setting has a bad value; the message names the variable."""
@@ -78,6 +80,15 @@ class Settings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")) and "=" not in value:
             raise ValueError("expected a libpq URI (postgresql://...) or key=value string")
         return value
+
+    def agent_view(self) -> AgentSettings:
+        """What agents see of the settings (``ctx.settings``)."""
+        return AgentSettings(
+            anthropic_api_key=self.anthropic_api_key,
+            anthropic_base_url=self.anthropic_base_url,
+            companies_house_api_key=self.companies_house_api_key,
+            companies_house_base_url=self.companies_house_base_url,
+        )
 
     @property
     def pool_size(self) -> int:
