@@ -111,7 +111,7 @@ from agents.companies_house import (
     OfficerList,
     RetryPolicy,
 )
-from agents.llm import LLMSession, has_api_key
+from agents.llm import InvalidModelAnswer, LLMSession, has_api_key
 from agents.llm_judgements import (
     MAX_WEBSITE_CHARS,
     BuyingSignal,
@@ -129,8 +129,8 @@ from agents.website import (
 )
 from runner.api import (
     AgentContext,
+    AgentOutcomeError,
     AgentResult,
-    CancelTask,
     FailPermanently,
     RetryLater,
     agent_configuration,
@@ -341,19 +341,15 @@ def visible_text(html: str, limit: int = MAX_WEBSITE_CHARS) -> str:
     return " ".join(" ".join(parser.parts).split())[:limit]
 
 
-_INVALID_ANSWER = "model answer is not a valid"
-
-
 def is_one_company_llm_failure(exc: Exception) -> bool:
     """Whether a model judgement's failure is about the one company asked about (an
     answer that stayed invalid, an unexpected error), so the agent keeps its
     rule-based result; False for the LLM layer's outcome errors about the API itself
     (``RetryLater`` after an outage, ``FailPermanently`` for a refused key or model),
-    which end the attempt. ``complete_json`` raises ``RetryLater`` for both an outage
-    and a twice-invalid answer; its message tells them apart."""
-    if isinstance(exc, RetryLater):
-        return str(exc).startswith(_INVALID_ANSWER)
-    return not isinstance(exc, FailPermanently | CancelTask)
+    which end the attempt. A twice-invalid answer is :class:`InvalidModelAnswer`."""
+    if isinstance(exc, InvalidModelAnswer):
+        return True
+    return not isinstance(exc, AgentOutcomeError)
 
 
 def llm_signals(signals: Sequence[BuyingSignal]) -> list[dict[str, Any]]:

@@ -167,6 +167,13 @@ class ToolLoopResult:
     messages: list[MessageParam]
 
 
+class InvalidModelAnswer(RetryLater):
+    """The model's answer stayed invalid after one correction. Transient for the
+    attempt (a later one may get a valid answer), but about the one question asked:
+    callers judging many companies keep their rule-based result for that one and
+    carry on (see ``agents.enrichment_agent.is_one_company_llm_failure``)."""
+
+
 # The client -------------------------------------------------------------------------
 
 
@@ -600,7 +607,7 @@ async def complete_json(
             except (ValueError, ValidationError) as exc:
                 problem = _short_problem(exc)
                 if attempt == 2:
-                    raise RetryLater(
+                    raise InvalidModelAnswer(
                         f"model answer is not a valid {output.__name__}: {problem}"
                     ) from None
             conversation += [

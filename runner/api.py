@@ -28,10 +28,13 @@ import httpx
 import psycopg
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from runner.errors import AgentOutcomeError, CancelTask, FailPermanently, RetryLater
+
 __all__ = [
     "Agent",
     "AgentContext",
     "AgentDefinition",
+    "AgentOutcomeError",
     "AgentResult",
     "AgentSettings",
     "CancelTask",
@@ -48,28 +51,6 @@ __all__ = [
 #: only compute while writing (counts of rows it updated, say): they are merged into the
 #: attempt's output before the output is stored.
 CommitHook = Callable[[psycopg.AsyncConnection[Any]], Awaitable[Mapping[str, Any] | None]]
-
-
-class AgentOutcomeError(Exception):
-    """Base of the closed set of outcomes an agent may raise."""
-
-
-class RetryLater(AgentOutcomeError):
-    """A transient failure: the attempt fails and the task is retried with backoff
-    (or after ``delay`` seconds when given), while retries remain."""
-
-    def __init__(self, message: str, *, delay: float | None = None) -> None:
-        super().__init__(message)
-        self.delay = delay
-
-
-class FailPermanently(AgentOutcomeError):
-    """The task can never succeed as it is (bad input, 4xx from an API): fail now,
-    without spending the remaining retries."""
-
-
-class CancelTask(AgentOutcomeError):
-    """The agent decided the task should end as ``cancelled``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -27,19 +27,12 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from runner.migrate import SchemaBehind, check_schema_current, migrate
+from runner.errors import CommandFailed, EmbeddedPostgresError, SchemaBehind, UsageError
+from runner.migrate import check_schema_current, migrate
 from runner.settings import Settings, SettingsError, load_settings
 from runner.store import operator as admin
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class CommandFailed(Exception):
-    """An operation failed; the message goes to stderr and the exit code is 1."""
-
-
-class UsageError(Exception):
-    """Bad arguments; exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,7 +129,7 @@ def _database_for_daemon(settings: Settings, say: Callable[[str], None]) -> Iter
     if settings.database_url:
         yield settings.database_url
         return
-    from runner.embedded_pg import EmbeddedPostgresError, start_embedded_postgres
+    from runner.embedded_pg import start_embedded_postgres
 
     data_dir = settings.data_dir.expanduser().resolve()
     say(f"DATABASE_URL is not set: starting the embedded Postgres in {data_dir} "

@@ -56,6 +56,8 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
+from runner.errors import EmbeddedPostgresError
+
 log = logging.getLogger(__name__)
 
 SERVER_USER = "agent-runner-pg"
@@ -72,10 +74,6 @@ _SOCKET_FILE = ".s.PGSQL.5432"
 # A fixed environment for the server's tools: the daemon's own (API keys, PGHOST,
 # PGPORT...) must neither leak into a process run by another user nor redirect pg_ctl.
 _TOOL_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-
-
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be started or stopped; the message says what to do."""
 
 
 @dataclass(frozen=True, slots=True)

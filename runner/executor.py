@@ -32,6 +32,7 @@ from runner.api import (
     backoff_delay,
 )
 from runner.context import AttemptContext
+from runner.errors import Fenced
 from runner.registry import InvalidPayload, Registry, UnknownAgentType
 from runner.settings import Settings
 from runner.store import attempts as store
@@ -257,7 +258,7 @@ class Executor:
                             )
                         await store.finish_attempt(
                             conn, attempt, finish, finish_job=finish_job)
-        except store.Fenced as exc:
+        except Fenced as exc:
             logger.warning("attempt_fenced", extra={"task_id": str(attempt.task_id),
                                                     "reason": str(exc)})
             return Outcome.FENCED

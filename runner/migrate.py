@@ -20,14 +20,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from runner.errors import SchemaBehind
+
 # Any fixed number will do; it only has to be the same for every agent-runner.
 _MIGRATION_LOCK_KEY = 0x4147454E_5452554E  # "AGENTRUN"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _PROCRASTINATE_NAME = re.compile(r"^(\d{2})\.(\d{2})\.(\d{2})_(\d{2})_.+\.sql$")
-
-
-class SchemaBehind(Exception):
-    """The database lacks migrations this build needs."""
 
 
 @dataclass(frozen=True, slots=True)

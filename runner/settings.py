@@ -13,10 +13,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runner.api import AgentSettings
+from runner.errors import SettingsError
 
-
-class SettingsError(Exception):
-    """A setting has a bad value; the message names the variable."""
+__all__ = ["Settings", "SettingsError", "load_settings"]
 
 
 class Settings(BaseSettings):

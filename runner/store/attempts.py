@@ -19,11 +19,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from runner.api import AgentDefinition, LLMCallRecord
+from runner.errors import Fenced
 from runner.store import Conn
-
-
-class Fenced(Exception):
-    """The attempt no longer owns its task (rescued, or finished by someone else)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
