@@ -253,7 +253,7 @@ def _print_demo_report(report: dict[str, Any]) -> None:
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: loading every agent costs most of a second, which only enqueue
     # (payload validation) and the daemon need.
-    from runner.registry import InvalidPayload, UnknownAgentType, default_registry
+    from runner.plugins import InvalidPayload, UnknownAgentType, default_registry
 
     with _connect(settings) as conn:
         agent = admin.find_agent(conn, args.agent)

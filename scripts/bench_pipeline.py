@@ -83,7 +83,7 @@ def main() -> int:
                         help="use noop with sleep_seconds 0.3 even if llm_agent exists")
     args = parser.parse_args()
 
-    from runner.registry import BUILTIN_AGENTS
+    from runner.plugins import BUILTIN_AGENTS
     use_llm = "llm_agent" in BUILTIN_AGENTS and not args.noop
     ideal = math.ceil(args.tasks / args.concurrency) * LATENCY_SECONDS
     agent_used = ("llm_agent -> Anthropic stand-in (300 ms per call)" if use_llm

@@ -20,7 +20,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from runner.executor import Executor, Outcome
-from runner.registry import Registry, default_registry
+from runner.plugins import Registry, default_registry
 from runner.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from agents.enrichment_agent import EnrichmentAgent
 from agents.llm import RetryPolicy
 from agents.opportunity_bot import OpportunityBot
 from runner.executor import Outcome
-from runner.registry import Registry
+from runner.plugins import Registry
 from runner.settings import Settings
 from tests.harness import run_task_inline, test_settings
 from tests.standins.anthropic_api import AnthropicStandIn, Reply, error, text

@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from agents.enrichment_agent import EnrichmentAgent
 from runner.executor import Outcome
-from runner.registry import Registry
+from runner.plugins import Registry
 from tests.harness import run_task_inline, task_state, test_settings
 from tests.standins.companies_house import (
     CompaniesHouseStandIn,

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from agents.noop import NoopAgent
 from runner.api import AgentContext, AgentResult, FailPermanently
 from runner.executor import Executor, Outcome, StopReason, retry_delay
-from runner.registry import Registry, default_registry
+from runner.plugins import Registry, default_registry
 from runner.store import daemons as daemons_store
 from tests.harness import run_task_inline, task_state, test_settings
 

@@ -21,7 +21,7 @@ from agents.llm_judgements import qualify_company, summarise_website
 from agents.prices import CEILING_SUFFIX, load_price_table
 from runner.api import AgentContext, AgentResult
 from runner.executor import Outcome
-from runner.registry import Registry
+from runner.plugins import Registry
 from runner.settings import Settings
 from tests.harness import run_task_inline, task_state, test_settings
 from tests.standins.anthropic_api import (

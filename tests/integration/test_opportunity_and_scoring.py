@@ -25,7 +25,7 @@ from agents.scoring_agent import ScoringAgent
 from agents.stream_goal import StreamGoal, StreamTaskInput, load_stream_goal
 from runner.api import AgentContext, AgentResult
 from runner.executor import Outcome
-from runner.registry import Registry
+from runner.plugins import Registry
 from tests.harness import run_task_inline
 
 Conn = psycopg.Connection[tuple[Any, ...]]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from runner.api import AgentContext, AgentResult
 from runner.executor import Outcome
-from runner.registry import Registry
+from runner.plugins import Registry
 from tests import workflow_queries as workflows
 from tests.harness import run_task_inline
 
@@ -234,7 +234,7 @@ async def test_payloads_are_each_stream_agents_input(pool: AsyncConnectionPool) 
 
 async def test_stream_agents_accept_their_workflow_payloads(pool: AsyncConnectionPool) -> None:
     """The payloads above pass the real agents' input models."""
-    from runner.registry import default_registry
+    from runner.plugins import default_registry
 
     registry = default_registry()
     for agent_type in ("opportunity_bot", "enrichment_agent", "scoring_agent"):
