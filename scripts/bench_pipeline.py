@@ -4,7 +4,7 @@ The model calls go to the Anthropic stand-in (``tests/standins/anthropic_api.py`
 HTTP server on 127.0.0.1 speaking the Messages API), run in this process with a fixed
 300 ms latency; the daemon reaches it through ``ANTHROPIC_BASE_URL`` with
 ``ANTHROPIC_API_KEY=bench``, so every task goes through the real ``llm_agent``, the real
-anthropic SDK and the per-call ledger. When this checkout has no ``llm_agent`` the
+anthropic SDK and the per-call ledger. When no installed plugin provides ``llm_agent`` the
 benchmark falls back to ``noop`` with ``sleep_seconds: 0.3`` and says so.
 
 With C slots and K tasks of 300 ms each, no scheduler can beat ``ceil(K / C) x 300 ms``.
@@ -83,8 +83,8 @@ def main() -> int:
                         help="use noop with sleep_seconds 0.3 even if llm_agent exists")
     args = parser.parse_args()
 
-    from runner.plugins import BUILTIN_AGENTS
-    use_llm = "llm_agent" in BUILTIN_AGENTS and not args.noop
+    from runner.plugins import load_registry
+    use_llm = "llm_agent" in load_registry().types() and not args.noop
     ideal = math.ceil(args.tasks / args.concurrency) * LATENCY_SECONDS
     agent_used = ("llm_agent -> Anthropic stand-in (300 ms per call)" if use_llm
                   else "noop with sleep_seconds 0.3 (llm_agent not available)")
