@@ -29,7 +29,9 @@ import psycopg
 
 from runner.errors import CommandFailed, EmbeddedPostgresError, SchemaBehind, UsageError
 from runner.migrate import check_schema_current, migrate
+from runner.plugins import InvalidPayload, Registry, UnknownAgentType, load_registry
 from runner.settings import Settings, SettingsError, load_settings
+from runner.store import agent_types
 from runner.store import operator as admin
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -166,13 +168,30 @@ def _say(message: str) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = migrate(database_url(settings))
+    from runner import logs
+
+    # A plugin that fails to load is logged (agent_plugin_rejected, with its error).
+    logs.configure(settings.log_format, settings.log_level)
+    url = database_url(settings)
+    applied = migrate(url)
     if applied:
         for name in applied:
             print(f"applied {name}")
     else:
         print("schema is up to date")
+    _register_agent_types(url, _say)
     return EXIT_OK
+
+
+def _register_agent_types(url: str, say: Callable[[str], None]) -> Registry:
+    """Load the installed agent plugins and record them in ``agent_types``, so that
+    agents of every type they provide can be created; ``say`` names them. A plugin that
+    cannot be loaded is logged by :func:`load_registry` and left out."""
+    registry = load_registry()
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        agent_types.refresh_sync(conn, registry.agent_type_rows())
+    say(f"agent types: {', '.join(registry.types()) or '(none installed)'}")
+    return registry
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,16 +270,13 @@ def _print_demo_report(report: dict[str, Any]) -> None:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    # Imported here: loading every agent costs most of a second, which only enqueue
-    # (payload validation) and the daemon need.
-    from runner.plugins import InvalidPayload, UnknownAgentType, default_registry
-
     with _connect(settings) as conn:
         agent = admin.find_agent(conn, args.agent)
         if agent is None:
             raise CommandFailed(f"unknown agent: {args.agent}")
         try:
-            default_registry().validate(agent["agent_type"], args.payload)
+            # Loads every agent (most of a second): only enqueue and the daemon need them.
+            load_registry().validate(agent["agent_type"], args.payload)
         except (InvalidPayload, UnknownAgentType) as exc:
             raise CommandFailed(str(exc)) from None
         task_id = admin.enqueue(conn, str(agent["id"]), args.payload, args.priority, args.at)

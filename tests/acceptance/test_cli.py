@@ -144,6 +144,20 @@ def test_migrate_applies_then_finds_nothing_to_do(empty_db_url: str) -> None:
     assert query(empty_db_url, "SELECT count(*) FROM agent_task_stats")[0][0] == 1
 
 
+def test_migrate_registers_the_installed_agent_types(db_url: str) -> None:
+    query(db_url, "UPDATE agent_types SET seen_at = now() - interval '1 day', "
+                  "module = 'stale:Stale' RETURNING 1")
+    result = _cli(db_url, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "schema is up to date"
+    assert "agent types: enrichment_agent, llm_agent, noop, opportunity_bot, scoring_agent" \
+        in result.stderr
+    rows = query(db_url, "SELECT agent_type, module, distribution LIKE 'agent-runner %', "
+                         "seen_at > now() - interval '60 seconds' FROM agent_types ORDER BY 1")
+    assert ("noop", "agents.noop:NoopAgent", True, True) in rows
+    assert len(rows) == 5 and all(row[2] and row[3] for row in rows)
+
+
 # -- enqueue, tasks, show, retry, cancel ------------------------------------------------
 
 

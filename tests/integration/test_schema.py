@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from runner.migrate import migrate, pending_migrations
+from runner.store.agent_types import AgentTypeRow, refresh_sync
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -163,3 +165,64 @@ ORDER BY at.created_at DESC;
 """
     ).fetchall()
     assert len(failed) == 1 and failed[0][-1] == "x"
+
+
+# -- agent types (plugins) ---------------------------------------------------------------
+
+
+def test_builtin_agent_types_are_registered_by_the_migration(conn: Conn) -> None:
+    rows = conn.execute("SELECT agent_type, module FROM agent_types ORDER BY 1").fetchall()
+    assert rows == [
+        ("enrichment_agent", "agents.enrichment_agent:EnrichmentAgent"),
+        ("llm_agent", "agents.llm_agent:LLMAgent"),
+        ("noop", "agents.noop:NoopAgent"),
+        ("opportunity_bot", "agents.opportunity_bot:OpportunityBot"),
+        ("scoring_agent", "agents.scoring_agent:ScoringAgent"),
+    ]
+
+
+def test_an_agent_of_an_unregistered_type_is_refused_naming_the_known_types(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation) as info:
+        _agent(conn, agent_type="echo_agent")
+    assert info.value.diag.message_primary == (
+        'unknown agent_type "echo_agent" for agent "x"; known types: enrichment_agent, '
+        "llm_agent, noop, opportunity_bot, scoring_agent")
+    assert "agent-runner migrate" in (info.value.diag.message_hint or "")
+    assert conn.execute("SELECT count(*) FROM ai_agents").fetchone() == (0,)
+    _agent(conn)
+    with pytest.raises(psycopg.errors.CheckViolation, match='unknown agent_type "nope"'):
+        conn.execute("UPDATE ai_agents SET agent_type = 'nope'")
+    # Other updates of the row, or naming its type again, are not checked again.
+    conn.execute("UPDATE ai_agents SET agent_type = 'noop', description = 'still noop'")
+
+
+def test_registering_a_type_admits_it_and_shapes_its_workflow_payload(conn: Conn) -> None:
+    stream = "00000000-0000-4000-8000-00000000000a"
+
+    def payload(agent_type: str) -> object:
+        row = conn.execute("SELECT runner_workflow_payload(%s, %s, %s, %s)",
+                           (agent_type, Jsonb({"payload": {"n": 1}}), stream,
+                            Jsonb({"goal_criteria": {}}))).fetchone()
+        assert row
+        return row[0]
+
+    # The built-ins keep the inputs 0005 gave them by hand.
+    assert payload("opportunity_bot") == payload("scoring_agent") == {
+        "n": 1, "stream_id": stream, "goal_context": {"goal_criteria": {}}}
+    assert payload("enrichment_agent") == {"n": 1, "stream_id": stream}
+    assert payload("noop") == payload("llm_agent") == payload("unknown_type") == {"n": 1}
+
+    refresh_sync(conn, [AgentTypeRow("echo_agent", "echo_plugin:EchoAgent", "echo-plugin 1.0",
+                                     takes_stream_id=True, takes_goal_context=False)])
+    _agent(conn, agent_type="echo_agent")
+    assert payload("echo_agent") == {"n": 1, "stream_id": stream}
+    before = conn.execute("SELECT seen_at FROM agent_types WHERE agent_type = 'echo_agent'"
+                          ).fetchone()
+    # A refresh rewrites what it loaded and when; the others are kept.
+    refresh_sync(conn, [AgentTypeRow("echo_agent", "echo_plugin.v2:EchoAgent", None,
+                                     takes_stream_id=False, takes_goal_context=True)])
+    row = conn.execute("SELECT module, distribution, seen_at > %s FROM agent_types "
+                       "WHERE agent_type = 'echo_agent'", before).fetchone()
+    assert row == ("echo_plugin.v2:EchoAgent", None, True)
+    assert payload("echo_agent") == {"n": 1, "goal_context": {"goal_criteria": {}}}
+    assert conn.execute("SELECT count(*) FROM agent_types").fetchone() == (6,)
