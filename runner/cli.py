@@ -197,7 +197,6 @@ def _register_agent_types(url: str, say: Callable[[str], None]) -> Registry:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from runner import logs
     from runner.daemon import Daemon
-    from runner.scheduler import scheduler_side_task
 
     logs.configure(settings.log_format, settings.log_level)
     if settings.database_url:
@@ -207,7 +206,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandFailed(str(exc)) from None
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
     with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
-        daemon = Daemon(settings, url, extra_side_tasks=[scheduler_side_task])
+        daemon = Daemon(settings, url)
         return asyncio.run(daemon.run())
 
 
@@ -525,17 +524,18 @@ def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _next_fire(cron: str, timezone: str, after: dt.datetime) -> dt.datetime | None:
-    """The schedule's next fire time, computed as the daemons' scheduler does; None for
-    an expression it rejects."""
-    from runner import scheduler
+    """The schedule's next fire time (in its own zone), computed as the daemons'
+    scheduler does; None for an expression it rejects."""
+    from zoneinfo import ZoneInfo
+
+    from runner.cron import CronError, next_fire_time
 
     try:
-        fire: dt.datetime | None = scheduler.parse_cron(cron, timezone).get_next_fire_time(
-            None, after)
-    except scheduler.CronError:
+        fire = next_fire_time(cron, timezone, after)
+    except CronError:
         # Written before validation existed: it must not break the listing.
         return None
-    return fire
+    return None if fire is None else fire.astimezone(ZoneInfo(timezone))
 
 
 # -- pause / resume --------------------------------------------------------------------

@@ -14,7 +14,8 @@ Design choices:
 * **Bounded labels only**: ``agent_type``, ``status``, ``outcome``, ``model``, ``kind``,
   ``service`` (and ``version`` on the build-info gauge). Closed vocabularies (outcomes,
   services, token kinds) reject unknown values with ``ValueError``, because an unknown
-  value is a bug in the caller. ``agent_type`` values outside the schema's list, and
+  value is a bug in the caller. ``agent_type`` values outside the loaded agent types
+  (:func:`set_agent_types`, which the daemon calls with its plugins' types), and
   ``model`` values past the first :data:`MAX_MODELS`, are counted as ``"other"``: those
   come from data, and a metrics call must never fail a task.
 * **Attempts, not tasks**: one counter ``agent_runner_task_attempts_started_total`` and
@@ -51,10 +52,10 @@ from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
 
 from runner import __version__
+from runner.outcomes import Outcome
 from runner.store.monitoring import DbSnapshot, fetch_db_snapshot
 
 __all__ = [
-    "AGENT_TYPES",
     "ATTEMPT_OUTCOMES",
     "CONTENT_TYPE",
     "HTTP_OUTCOMES",
@@ -64,7 +65,6 @@ __all__ = [
     "REGISTRY",
     "TASK_STATUSES",
     "TOKEN_KINDS",
-    "AttemptOutcome",
     "BoundedLabelValues",
     "DbSnapshot",
     "DbSnapshotCollector",
@@ -83,6 +83,7 @@ __all__ = [
     "refresh_task_counts",
     "render",
     "rescued",
+    "set_agent_types",
     "set_db_snapshot",
     "set_in_flight",
     "task_started",
@@ -90,16 +91,11 @@ __all__ = [
 
 # Vocabularies -------------------------------------------------------------------------
 
-#: The ``ai_agents.agent_type`` values the schema allows (its CHECK constraint).
-AGENT_TYPES: Final = ("opportunity_bot", "enrichment_agent", "scoring_agent", "llm_agent", "noop")
 #: The ``agent_tasks.status`` values; every one is always exported, zero-filled.
 TASK_STATUSES: Final = ("pending", "processing", "completed", "failed", "cancelled")
 
-AttemptOutcome = Literal[
-    "completed", "retry", "failed", "cancelled", "timeout", "interrupted", "fenced", "skipped"
-]
-#: ``skipped``: the job was stale (task cancelled or re-queued elsewhere) and nothing ran.
-ATTEMPT_OUTCOMES: Final[tuple[str, ...]] = get_args(AttemptOutcome)
+#: The ``outcome`` label: the closed vocabulary of :class:`runner.outcomes.Outcome`.
+ATTEMPT_OUTCOMES: Final[tuple[str, ...]] = tuple(outcome.value for outcome in Outcome)
 
 HttpService = Literal["companies_house", "website", "anthropic"]
 HTTP_SERVICES: Final[tuple[str, ...]] = get_args(HttpService)
@@ -233,13 +229,7 @@ _db_snapshot_errors = Counter(
 
 # Every known combination exists from the start at 0, so rate() and the alert ratios
 # have a series to work on before the first event, and dashboards show zeros, not gaps.
-for _agent_type in AGENT_TYPES:
-    _attempts_started.labels(_agent_type)
-    _execution_duration.labels(_agent_type)
-    _queue_wait.labels(_agent_type)
-    _cron_fires.labels(_agent_type)
-    for _outcome in ATTEMPT_OUTCOMES:
-        _attempts_finished.labels(_agent_type, _outcome)
+# (Those of the agent types once they are known: set_agent_types.)
 for _service in HTTP_SERVICES:
     for _http_outcome in HTTP_OUTCOMES:
         _http_calls.labels(_service, _http_outcome)
@@ -269,7 +259,8 @@ class BoundedLabelValues:
 
 
 _model_label = BoundedLabelValues(MAX_MODELS)
-_known_agent_types = frozenset(AGENT_TYPES)
+#: The agent types of this process's registry (set_agent_types); others are "other".
+_known_agent_types: frozenset[str] = frozenset()
 
 
 def _agent_type_label(agent_type: str) -> str:
@@ -283,6 +274,23 @@ def _closed(value: str, vocabulary: tuple[str, ...], what: str) -> str:
 
 
 # What the executor, the context and the daemon call -------------------------------------
+
+
+def set_agent_types(agent_types: Iterable[str]) -> None:
+    """The agent types this daemon loaded (``Registry.types()``): from now on their
+    series exist, at 0 until used, and every other ``agent_type`` counts as ``"other"``.
+    Called again, it replaces the set; series already exported stay (a counter that
+    vanished would read as a reset)."""
+    global _known_agent_types
+    known = frozenset(agent_types)
+    for agent_type in sorted(known):
+        _attempts_started.labels(agent_type)
+        _execution_duration.labels(agent_type)
+        _queue_wait.labels(agent_type)
+        _cron_fires.labels(agent_type)
+        for outcome in ATTEMPT_OUTCOMES:
+            _attempts_finished.labels(agent_type, outcome)
+    _known_agent_types = known
 
 
 def daemon_started(version: str) -> None:
@@ -315,10 +323,11 @@ def task_started(*, agent_type: str, queue_wait_seconds: float) -> None:
     _queue_wait.labels(label).observe(max(0.0, queue_wait_seconds))
 
 
-def attempt_finished(*, agent_type: str, outcome: str, duration_seconds: float) -> None:
-    """An attempt ended with ``outcome`` (one of :data:`ATTEMPT_OUTCOMES`)."""
+def attempt_finished(*, agent_type: str, outcome: Outcome, duration_seconds: float) -> None:
+    """An attempt ended with ``outcome``."""
     label = _agent_type_label(agent_type)
-    _attempts_finished.labels(label, _closed(outcome, ATTEMPT_OUTCOMES, "attempt outcome")).inc()
+    outcome_label = _closed(str(outcome), ATTEMPT_OUTCOMES, "attempt outcome")
+    _attempts_finished.labels(label, outcome_label).inc()
     _execution_duration.labels(label).observe(max(0.0, duration_seconds))
 
 

@@ -19,7 +19,8 @@ import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from runner.executor import Executor, Outcome
+from runner.executor import Executor
+from runner.outcomes import Outcome
 from runner.plugins import Registry, default_registry
 from runner.settings import Settings
 
@@ -56,7 +57,7 @@ async def run_task_inline(
             registry=registry or default_registry(),
             http=http,
         )
-        return await executor.run_job(task_id, int(row[0]))
+        return (await executor.run_job(task_id, int(row[0]))).outcome
 
 
 def wait_until(

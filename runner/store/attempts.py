@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from runner.api import AgentDefinition, LLMCallRecord
 from runner.errors import Fenced
+from runner.outcomes import Finish
 from runner.store import Conn
 
 
@@ -120,23 +121,6 @@ async def start_attempt(
         parent_task_ids=tuple(row["parent_task_ids"]),
     )
     return started, bool(row["is_active"])
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Finish:
-    """How an attempt ends, as the executor decided it."""
-
-    #: agent_executions.status: completed | failed | timeout | cancelled | interrupted
-    execution_status: str
-    #: agent_tasks.status afterwards: completed | pending | failed | cancelled
-    task_status: str
-    output: dict[str, Any] | None = None
-    summary: dict[str, Any] | None = None
-    error: str | None = None
-    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    #: when task_status is pending: spend a retry (False for a hand-back) and when to run
-    spend_retry: bool = False
-    run_at_delay_seconds: float = 0.0
 
 
 async def finish_attempt(

@@ -1,13 +1,9 @@
-"""Acceptance: workflows and cron with ``agent-runner run`` as real subprocesses.
-
-The cron tests need the scheduler wired into the daemon
-(``Daemon(..., extra_side_tasks=[scheduler_side_task])``); without it they are skipped.
-"""
+"""Acceptance: workflows and cron with ``agent-runner run`` as real subprocesses
+(every daemon runs the cron scheduler as one of its side tasks)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import itertools
 import json
 import signal
@@ -20,16 +16,6 @@ import pytest
 from tests.harness import daemons, query, wait_for_daemons, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def _scheduler_wired() -> bool:
-    from runner import cli, daemon
-
-    return any("scheduler_side_task" in inspect.getsource(module) for module in (cli, daemon))
-
-
-needs_scheduler = pytest.mark.skipif(
-    not _scheduler_wired(), reason="the daemon does not run runner.scheduler yet")
 
 
 def _chain(db_url: str, *, parent_payload: dict[str, Any] | None = None) -> str:
@@ -138,7 +124,6 @@ def _db_now(db_url: str) -> dt.datetime:
     return now
 
 
-@needs_scheduler
 def test_three_daemons_fire_every_two_seconds_once_per_fire_time(
     db_url: str, tmp_path: Path,
 ) -> None:
@@ -166,7 +151,6 @@ def test_three_daemons_fire_every_two_seconds_once_per_fire_time(
                  )[0][0] == query(db_url, "SELECT count(*) FROM cron_fires")[0][0]
 
 
-@needs_scheduler
 def test_an_update_to_the_expression_takes_effect_within_five_seconds(
     db_url: str, tmp_path: Path,
 ) -> None:

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from agents.enrichment_agent import EnrichmentAgent
 from agents.llm import RetryPolicy
 from agents.opportunity_bot import OpportunityBot
-from runner.executor import Outcome
+from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
 from tests.harness import run_task_inline, test_settings

@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from agents.enrichment_agent import EnrichmentAgent
-from runner.executor import Outcome
+from runner.outcomes import Outcome
 from runner.plugins import Registry
 from tests.harness import run_task_inline, task_state, test_settings
 from tests.standins.companies_house import (

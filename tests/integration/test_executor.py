@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from agents.noop import NoopAgent
 from runner.api import AgentContext, AgentResult, FailPermanently
-from runner.executor import Executor, Outcome, StopReason, retry_delay
+from runner.executor import Executor, retry_delay
+from runner.outcomes import Outcome, StopReason
 from runner.plugins import Registry, default_registry
 from runner.store import daemons as daemons_store
 from tests.harness import run_task_inline, task_state, test_settings
@@ -194,7 +195,7 @@ async def test_rescued_attempt_cannot_commit(conn: Conn, pool: AsyncConnectionPo
             rescued = await daemons_store.rescue_orphans(aconn, min_age_seconds=1.0)
         assert [r.task_id for r in rescued] == [uuid.UUID(task_id)]
         gate.set()  # the stalled attempt comes back and tries to commit
-        assert await running is Outcome.FENCED
+        assert (await running).outcome is Outcome.FENCED
     assert conn.execute(
         "SELECT count(*) FROM agent_task_logs WHERE message = 'side effect'"
     ).fetchone() == (0,)

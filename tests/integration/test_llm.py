@@ -20,7 +20,7 @@ from agents.llm_agent import LLMAgent
 from agents.llm_judgements import qualify_company, summarise_website
 from agents.prices import CEILING_SUFFIX, load_price_table
 from runner.api import AgentContext, AgentResult
-from runner.executor import Outcome
+from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
 from tests.harness import run_task_inline, task_state, test_settings

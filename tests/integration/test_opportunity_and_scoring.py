@@ -24,7 +24,7 @@ from agents.opportunity_bot import OpportunityBot
 from agents.scoring_agent import ScoringAgent
 from agents.stream_goal import StreamGoal, StreamTaskInput, load_stream_goal
 from runner.api import AgentContext, AgentResult
-from runner.executor import Outcome
+from runner.outcomes import Outcome
 from runner.plugins import Registry
 from tests.harness import run_task_inline
 

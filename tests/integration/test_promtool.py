@@ -52,6 +52,7 @@ async def test_a_real_scrape_passes_check_metrics(
         await conn.execute("SELECT enqueue_agent_task('x')")
     await metrics.refresh_task_counts(pool)
     # every family with samples, so the lint sees each one as it will be in production
+    metrics.set_agent_types(["noop"])
     metrics.task_started(agent_type="noop", queue_wait_seconds=0.01)
     metrics.attempt_finished(agent_type="noop", outcome="completed", duration_seconds=0.02)
     metrics.llm_call(model="claude-promtool", input_tokens=3, output_tokens=4, cost_usd=0.001)

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict
 
 from runner.api import AgentContext, AgentResult
-from runner.executor import Outcome
+from runner.outcomes import Outcome
 from runner.plugins import Registry
 from tests import workflow_queries as workflows
 from tests.harness import run_task_inline
