@@ -179,19 +179,28 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
             print(f"applied {name}")
     else:
         print("schema is up to date")
-    _register_agent_types(url, _say)
+    registry = load_registry()
+    _register_agent_types(url, registry)
+    _say(f"agent types: {', '.join(registry.types()) or '(none installed)'}")
     return EXIT_OK
 
 
-def _register_agent_types(url: str, say: Callable[[str], None]) -> Registry:
-    """Load the installed agent plugins and record them in ``agent_types``, so that
-    agents of every type they provide can be created; ``say`` names them. A plugin that
-    cannot be loaded is logged by :func:`load_registry` and left out."""
-    registry = load_registry()
+def _register_agent_types(url: str, registry: Registry) -> None:
+    """Record the registry's types in ``agent_types``, so that agents of every type it
+    provides can be created (``migrate``, and each daemon at start)."""
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
         agent_types.refresh_sync(conn, registry.agent_type_rows())
-    say(f"agent types: {', '.join(registry.types()) or '(none installed)'}")
-    return registry
+
+
+def _daemon_starts(url: str, registry: Registry) -> None:
+    """What a daemon does with its plugins before it claims work: record their types in
+    ``agent_types`` (CONTRACT.md) and give each its metric series."""
+    from runner import metrics
+
+    _register_agent_types(url, registry)
+    metrics.set_agent_types(registry.types())
+    logging.getLogger("runner.cli").info("agent_types_registered",
+                                         extra={"agent_types": registry.types()})
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,6 +216,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
     with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
         daemon = Daemon(settings, url)
+        _daemon_starts(url, daemon.registry)
         return asyncio.run(daemon.run())
 
 

@@ -17,6 +17,13 @@ from runner import metrics
 
 # Label names a product metric may carry; ``le`` belongs to histogram buckets.
 BOUNDED_LABELS = {"agent_type", "status", "outcome", "model", "kind", "service", "version", "le"}
+# What a daemon with this project's plugins passes to set_agent_types at start.
+AGENT_TYPES = ("enrichment_agent", "llm_agent", "noop", "opportunity_bot", "scoring_agent")
+
+
+@pytest.fixture(autouse=True)
+def _daemon_agent_types() -> None:
+    metrics.set_agent_types(AGENT_TYPES)
 
 
 def value(name: str, **labels: str) -> float:
@@ -107,13 +114,40 @@ def test_unknown_agent_type_is_counted_as_other() -> None:
     assert not any(s.labels.get("agent_type") == "made_up_agent" for s in scraped_samples())
 
 
+def test_a_newly_loaded_agent_type_gets_its_own_series() -> None:
+    def exported(agent_type: str) -> set[tuple[str, str]]:
+        return {(s.name, s.labels.get("outcome", "")) for s in scraped_samples()
+                if s.labels.get("agent_type") == agent_type}
+
+    # Not loaded: counted as "other", and no series of its own.
+    other = delta("agent_runner_cron_fires_total", lambda: metrics.cron_fired("echo_agent"),
+                  agent_type="other")
+    assert other == 1 and exported("echo_agent") == set()
+
+    metrics.set_agent_types([*AGENT_TYPES, "echo_agent"])
+    series = exported("echo_agent")
+    assert ("agent_runner_task_attempts_started_total", "") in series
+    assert ("agent_runner_cron_fires_total", "") in series
+    assert {o for name, o in series if name == "agent_runner_task_attempts_finished_total"} \
+        == set(metrics.ATTEMPT_OUTCOMES)
+    assert value("agent_runner_task_attempts_started_total", agent_type="echo_agent") == 0
+    assert delta("agent_runner_cron_fires_total", lambda: metrics.cron_fired("echo_agent"),
+                 agent_type="echo_agent") == 1
+
+    # A later call replaces the set; the series already exported stay.
+    metrics.set_agent_types(AGENT_TYPES)
+    assert delta("agent_runner_cron_fires_total", lambda: metrics.cron_fired("echo_agent"),
+                 agent_type="other") == 1
+    assert ("agent_runner_cron_fires_total", "") in exported("echo_agent")
+
+
 def test_every_known_combination_is_exported_from_the_start() -> None:
     finished = {
         (s.labels["agent_type"], s.labels["outcome"])
         for s in scraped_samples()
         if s.name == "agent_runner_task_attempts_finished_total"
     }
-    for agent_type in metrics.AGENT_TYPES:
+    for agent_type in AGENT_TYPES:
         for outcome in metrics.ATTEMPT_OUTCOMES:
             assert (agent_type, outcome) in finished
     http = {

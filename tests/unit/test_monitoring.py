@@ -29,7 +29,9 @@ def dashboard_exprs() -> list[str]:
 
 
 def exported_sample_names() -> set[str]:
-    # Make every family carry samples: the model-labelled ones have none until a call.
+    # Make every family carry samples: the model-labelled ones have none until a call,
+    # the agent_type-labelled ones none until the daemon names its agent types.
+    metrics.set_agent_types(["noop"])
     metrics.llm_call(model="claude-monitoring-test", input_tokens=1, output_tokens=1)
     metrics.set_db_snapshot(metrics.DbSnapshot({}, 0.0, 0.0, 0.0, False, 1.0))
     return {
