@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import psycopg
 
-from runner.errors import CommandFailed, EmbeddedPostgresError, SchemaBehind, UsageError
+from runner.errors import CommandFailed, EmbeddedPostgresError, SchemaError, UsageError
 from runner.migrate import check_schema_current, migrate
 from runner.plugins import InvalidPayload, Registry, UnknownAgentType, load_registry
 from runner.settings import Settings, SettingsError, load_settings
@@ -117,7 +117,7 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
     try:
         # One clear message instead of "relation ... does not exist" further on.
         check_schema_current(conn)
-    except SchemaBehind as exc:
+    except SchemaError as exc:
         conn.close()
         raise CommandFailed(str(exc)) from None
     return conn
@@ -211,7 +211,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url:
         try:
             check_schema_current(settings.database_url)
-        except SchemaBehind as exc:
+        except SchemaError as exc:
             raise CommandFailed(str(exc)) from None
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
     with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
@@ -793,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"agent-runner: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except CommandFailed as exc:
+    except (CommandFailed, SchemaError) as exc:
         print(f"agent-runner: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except psycopg.Error as exc:

@@ -154,7 +154,7 @@ class Daemon:
                 async with await psycopg.AsyncConnection.connect(
                     self.conninfo, autocommit=True
                 ) as conn:
-                    await conn.execute(f"LISTEN {channels.CONTROL}")
+                    await channels.listen(conn, channels.CONTROL)
                     while True:
                         await self.control_once()
                         retrying.succeeded()

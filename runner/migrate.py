@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from runner.errors import SchemaBehind
+from runner.errors import MigrationChanged, SchemaBehind
 
 # Any fixed number will do; it only has to be the same for every agent-runner.
 _MIGRATION_LOCK_KEY = 0x4147454E_5452554E  # "AGENTRUN"
@@ -108,6 +108,7 @@ def migrate(conninfo: str) -> list[str]:
         applied += _migrate_procrastinate(conn)
         done = {row[0]: row[1] for row in conn.execute(
             "SELECT version, checksum FROM runner_migrations")}
+        _refuse_changed(done)
         for migration in bundled_migrations():
             if migration.version in done:
                 continue
@@ -169,7 +170,30 @@ def pending_migrations(conninfo: str | psycopg.Connection[Any]) -> list[str]:
     return missing
 
 
+def _refuse_changed(applied: dict[int, str]) -> None:
+    """Raise :class:`MigrationChanged` when a bundled migration differs from the one
+    the database applied under its number (by checksum)."""
+    changed = [m.name for m in bundled_migrations()
+               if m.version in applied and applied[m.version] != m.checksum]
+    if changed:
+        raise MigrationChanged(
+            f"migration {', '.join(changed)} differs from the one this database applied "
+            "(checksum mismatch): a landed migration must never be edited; restore the "
+            "file and put the change in a new numbered migration"
+        )
+
+
 def check_schema_current(conninfo: str | psycopg.Connection[Any]) -> None:
+    """Raise :class:`SchemaBehind` when migrations are missing, and
+    :class:`MigrationChanged` when an applied one was edited since."""
+    if isinstance(conninfo, str):
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            check_schema_current(conn)
+            return
+    present = conninfo.execute("SELECT to_regclass('runner_migrations') IS NOT NULL").fetchone()
+    if present and present[0]:
+        _refuse_changed(dict(conninfo.execute(
+            "SELECT version, checksum FROM runner_migrations").fetchall()))
     missing = pending_migrations(conninfo)
     if missing:
         raise SchemaBehind(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from runner.store import Conn
+
 #: ``agent-runner pause`` / ``resume`` (runner_control changed).
 CONTROL: Final = "agent_runner_control"
 #: An agent's schedule changed (payload: the agent id).
@@ -12,3 +14,13 @@ SCHEDULES: Final = "agent_runner_schedules"
 WORKFLOWS: Final = "agent_runner_workflows"
 #: A task log line was written (``agent-runner logs --follow``).
 LOGS: Final = "agent_runner_logs"
+
+
+async def listen(conn: Conn, channel: str) -> None:
+    """Subscribe ``conn`` (autocommit) to one of the channels above."""
+    if channel not in _ALL:
+        raise ValueError(f"unknown channel {channel!r}")
+    await conn.execute(f"LISTEN {channel}")
+
+
+_ALL: Final = frozenset({CONTROL, SCHEDULES, WORKFLOWS, LOGS})

@@ -144,6 +144,19 @@ def test_migrate_applies_then_finds_nothing_to_do(empty_db_url: str) -> None:
     assert query(empty_db_url, "SELECT count(*) FROM agent_task_stats")[0][0] == 1
 
 
+def test_an_edited_landed_migration_is_refused_at_start(db_url: str) -> None:
+    # What a database reports when sql/0003 was edited after it was applied there.
+    query(db_url, "UPDATE runner_migrations SET checksum = 'edited' WHERE version = 3 "
+                  "RETURNING 1")
+    for command in (["migrate"], ["status"], ["run", "--metrics-addr", "127.0.0.1:0"]):
+        result = _cli(db_url, *command)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "migration 0003_stream_items.sql differs from the one this database applied" \
+            in result.stderr, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert query(db_url, "SELECT count(*) FROM runner_daemons")[0][0] == 0
+
+
 def test_migrate_registers_the_installed_agent_types(db_url: str) -> None:
     query(db_url, "UPDATE agent_types SET seen_at = now() - interval '1 day', "
                   "module = 'stale:Stale' RETURNING 1")
