@@ -221,7 +221,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from runner import demo, logs
+    from agents import demo
+    from runner import logs
 
     # The daemon's routine INFO lines would drown the stage lines; problems still show.
     logs.configure(settings.log_format, "ERROR" if settings.log_level == "ERROR" else "WARNING")
