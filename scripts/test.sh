@@ -3,8 +3,9 @@
 #
 # From a fresh clone on a fresh machine (python3.11 with pip is all it assumes) it
 # creates .venv, installs the project with its dev extras, finds or starts a Postgres
-# (scripts/ensure_postgres.sh), installs promtool when it can, then runs ruff, mypy and
-# pytest. Lint, type and test failures are all reported before it exits non-zero.
+# (scripts/ensure_postgres.sh), installs promtool when it can, then runs ruff,
+# lint-imports, mypy and pytest. Lint, contract, type and test failures are all
+# reported before it exits non-zero.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -79,6 +80,9 @@ failed=()
 
 section "ruff check runner agents tests scripts"
 ruff check runner agents tests scripts || failed+=(ruff)
+
+section "lint-imports (runner never imports agents; agents use runner.api only)"
+lint-imports --no-cache || failed+=(lint-imports)
 
 section "mypy (strict on runner and agents; see pyproject.toml)"
 mypy || failed+=(mypy)
