@@ -20,9 +20,9 @@ recorded for the agent with the schedule's previous fire time. With ``catchup="o
 schedule just carries on. A fire less than :data:`ON_TIME_GRACE` late counts as on
 time under both policies (a daemon restart, a busy event loop).
 
-The grammar (:func:`parse_cron`) has an SQL twin, ``runner_cron_problem``, that
-validates ``schedule_cron`` on write; tests/unit/test_cron_grammar.py runs one table
-of cases against both.
+When a schedule fires is :mod:`runner.cron`'s answer (cronsim, Debian cron's rules):
+each job's trigger asks it, and so does ``agent-runner schedules``. APScheduler only
+keeps the jobs and wakes them up.
 """
 
 from __future__ import annotations
@@ -31,23 +31,20 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 import psycopg_pool
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.combining import OrTrigger
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.base import BaseTrigger
 from psycopg_pool import AsyncConnectionPool
 
-from runner import metrics
+from runner import cron, metrics
 from runner.store import channels
 from runner.store import cron as store
 
@@ -71,238 +68,43 @@ _MAX_CONCURRENT_FIRES: Final = 4
 _TRANSIENT = (OSError, TimeoutError, psycopg.OperationalError, psycopg_pool.PoolTimeout)
 _MAX_TRANSIENT_FAILURES: Final = 12
 _UTC = dt.UTC
+_TICK: Final = dt.timedelta(microseconds=1)
 
 
 # =====================================================================================
-# The grammar (twin of runner_cron_problem in sql/0005_workflows.sql: keep them equal)
+# The trigger
 # =====================================================================================
 
-_MONTH_NAMES: Final = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
-                       "NOV", "DEC")
-_DAY_NAMES: Final = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
-# February counts 29 days: a 29th of February does happen.
-_MONTH_DAYS: Final = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
+class ScheduleTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler is untyped
+    """An APScheduler trigger whose times are :mod:`runner.cron`'s, so the scheduler and
+    ``agent-runner schedules`` agree with cronsim to the second, DST included."""
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _FieldSpec:
-    name: str
-    low: int
-    high: int
-    names: tuple[str, ...] | None = None
-    #: the value of names[0]
-    name_base: int = 0
+    __slots__ = ("schedule",)
 
+    def __init__(self, schedule: cron.CronSchedule) -> None:
+        self.schedule = schedule
 
-_SECOND = _FieldSpec("second", 0, 59)
-_MINUTE = _FieldSpec("minute", 0, 59)
-_HOUR = _FieldSpec("hour", 0, 23)
-_DAY = _FieldSpec("day-of-month", 1, 31)
-_MONTH = _FieldSpec("month", 1, 12, _MONTH_NAMES, 1)
-_WEEKDAY = _FieldSpec("day-of-week", 0, 7, _DAY_NAMES, 0)
+    def get_next_fire_time(
+        self, previous_fire_time: dt.datetime | None, now: dt.datetime
+    ) -> dt.datetime | None:
+        """At or after ``now`` for a new job (as ``CronTrigger`` does), else the fire after
+        ``previous_fire_time``. Times are in the schedule's zone, for readable logs."""
+        if previous_fire_time is None:
+            fire = self.schedule.next_fire_time(now - _TICK)
+        else:
+            fire = self.schedule.next_fire_time(previous_fire_time)
+            if fire is not None and fire < now:
+                # A backlog (the event loop stalled): APScheduler walks every due time up
+                # to now, one call each; jobs coalesce to the latest, so go straight there.
+                fire = self.schedule.latest_fire_time(now, previous_fire_time) or fire
+        return None if fire is None else fire.astimezone(self.schedule.zone)
 
-_DIGITS = re.compile(r"[0-9]+")
-_NAME = re.compile(r"[A-Za-z]{3}")
-_RANGE = re.compile(r"[^-]+-[^-]+")
-_SINGLE = re.compile(r"[^-]+")
-_BLANKS = re.compile(r"[ \t]+")
+    def __str__(self) -> str:
+        return f"cron[{self.schedule.expr!r}, {self.schedule.tz}]"
 
-
-class CronError(ValueError):
-    """An invalid cron expression or time zone; ``detail`` is worded exactly as the
-    database words it."""
-
-    def __init__(self, expr: str, detail: str) -> None:
-        super().__init__(f'invalid cron expression "{expr}": {detail}')
-        self.expr = expr
-        self.detail = detail
-
-
-class _Problem(Exception):
-    pass
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CronFields:
-    """What an expression selects, in cron's own numbering (day-of-week 0 = Sunday;
-    7 is folded into 0)."""
-
-    seconds: frozenset[int]
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    #: Vixie cron: when both day fields are restricted (neither starts with "*"), a day
-    #: matching either fires; otherwise a day must match both.
-    days_or_weekdays: bool
-
-
-def _value(token: str, spec: _FieldSpec) -> int:
-    if _DIGITS.fullmatch(token):
-        # more than four digits is out of range whatever the field
-        value = int(token) if len(token) <= 4 else None
-        if value is None or not spec.low <= value <= spec.high:
-            raise _Problem(f"{token} is out of range {spec.low}-{spec.high}")
-        return value
-    if spec.names is not None and _NAME.fullmatch(token) and token.upper() in spec.names:
-        return spec.names.index(token.upper()) + spec.name_base
-    if spec.names is None:
-        raise _Problem(f'"{token}" is not a number')
-    if spec.name_base == 1:
-        raise _Problem(f'"{token}" is not a number or a month name (JAN-DEC)')
-    raise _Problem(f'"{token}" is not a number or a day name (SUN-SAT)')
-
-
-def _field(text: str, spec: _FieldSpec) -> frozenset[int]:
-    values: set[int] = set()
-    for item in text.split(","):
-        try:
-            values.update(_item(item, spec))
-        except _Problem as problem:
-            raise _Problem(f'{spec.name} field "{text}": {problem}') from None
-    return frozenset(values)
-
-
-def _item(item: str, spec: _FieldSpec) -> range | list[int]:
-    base, step_text = item, None
-    step = 1
-    if "/" in item:
-        base, step_text = item.split("/", 1)
-        if _DIGITS.fullmatch(step_text):
-            step = int(step_text) if len(step_text) <= 4 else spec.high + 1
-    if item == "":
-        raise _Problem("empty list item")
-    if step_text is not None and not _DIGITS.fullmatch(step_text):
-        raise _Problem(f'invalid step "{step_text}"')
-    if not 1 <= step <= spec.high:
-        raise _Problem(f"step {step_text} is out of range 1-{spec.high}")
-    if base == "*":
-        return range(spec.low, spec.high + 1, step)
-    if _RANGE.fullmatch(base):
-        low_text, high_text = base.split("-")
-        low = _value(low_text, spec)
-        high = _value(high_text, spec)
-        if low > high:
-            raise _Problem(f"range {base} is backwards")
-        return range(low, high + 1, step)
-    if _SINGLE.fullmatch(base):
-        if step_text is not None:
-            raise _Problem(f'a step needs "*" or a range before it, got "{item}"')
-        return [_value(base, spec)]
-    raise _Problem(f'invalid item "{item}"')
-
-
-def parse_cron_fields(expr: str) -> CronFields:
-    """Parse a 5-field (``m h dom mon dow``) or 6-field (seconds first) expression;
-    :class:`CronError` names the bad field."""
-    trimmed = expr.strip(" \t")
-    if trimmed == "":
-        raise CronError(expr, "the expression is empty (set schedule_cron to NULL for no schedule)")
-    parts = _BLANKS.split(trimmed)
-    if len(parts) == 5:
-        parts.insert(0, "0")
-    elif len(parts) != 6:
-        raise CronError(
-            expr,
-            "expected 5 fields (minute hour day-of-month month day-of-week) "
-            f"or 6 with seconds first, got {len(parts)}",
-        )
-    try:
-        seconds = _field(parts[0], _SECOND)
-        minutes = _field(parts[1], _MINUTE)
-        hours = _field(parts[2], _HOUR)
-        days = _field(parts[3], _DAY)
-        months = _field(parts[4], _MONTH)
-        weekdays = frozenset(day % 7 for day in _field(parts[5], _WEEKDAY))
-    except _Problem as problem:
-        raise CronError(expr, str(problem)) from None
-    days_or_weekdays = not parts[3].startswith("*") and not parts[5].startswith("*")
-    # When days are ANDed with weekdays, some selected day must exist in some selected
-    # month; any such date falls on every weekday over the years.
-    if not days_or_weekdays and not any(
-        day <= _MONTH_DAYS[month - 1] for day in days for month in months
-    ):
-        raise CronError(expr, f'day-of-month "{parts[3]}" never occurs in month "{parts[4]}"')
-    return CronFields(seconds, minutes, hours, days, months, weekdays, days_or_weekdays)
-
-
-def cron_problem(expr: str | None) -> str | None:
-    """What is wrong with ``expr`` (worded as ``runner_cron_problem`` words it), or None."""
-    if expr is None:
-        return None
-    try:
-        parse_cron_fields(expr)
-    except CronError as exc:
-        return exc.detail
-    return None
-
-
-def _spec(values: frozenset[int], full: range) -> str:
-    if values >= frozenset(full):
-        return "*"
-    return ",".join(str(value) for value in sorted(values))
-
-
-def parse_cron(expr: str, tz: str) -> CronTrigger | OrTrigger:
-    """An APScheduler trigger firing exactly when the cron expression does, in ``tz``.
-
-    Each field is handed to APScheduler as an explicit list of values, so none of
-    APScheduler's own cron dialect leaks in. Two translations matter:
-    APScheduler numbers weekdays from Monday = 0 (cron: Sunday = 0), and it ANDs
-    day-of-month with day-of-week where cron ORs them when both are restricted (an
-    ``OrTrigger`` of one trigger per day field does that).
-    """
-    fields = parse_cron_fields(expr)
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise CronError(expr, f'unknown time zone "{tz}"') from None
-    # cron 0 (Sunday) .. 6 (Saturday) -> APScheduler 0 (Monday) .. 6 (Sunday)
-    weekdays = frozenset((day + 6) % 7 for day in fields.weekdays)
-    common = {
-        "second": _spec(fields.seconds, range(0, 60)),
-        "minute": _spec(fields.minutes, range(0, 60)),
-        "hour": _spec(fields.hours, range(0, 24)),
-        "month": _spec(fields.months, range(1, 13)),
-        "timezone": zone,
-    }
-    day = _spec(fields.days, range(1, 32))
-    day_of_week = _spec(weekdays, range(0, 7))
-    if fields.days_or_weekdays:
-        return OrTrigger([
-            CronTrigger(day=day, day_of_week="*", **common),
-            CronTrigger(day="*", day_of_week=day_of_week, **common),
-        ])
-    return CronTrigger(day=day, day_of_week=day_of_week, **common)
-
-
-def latest_fire_time(
-    trigger: CronTrigger | OrTrigger, now: dt.datetime, *, after: dt.datetime
-) -> dt.datetime | None:
-    """The trigger's last fire time in (after, now], or None.
-
-    APScheduler 3 only computes forwards; look back over a window that doubles until
-    it holds a fire (or reaches ``after``), then walk forwards to the last one. A few
-    dozen steps even for a yearly schedule after years of downtime.
-    """
-    if now <= after:
-        return None
-    tick = dt.timedelta(microseconds=1)
-    window = dt.timedelta(seconds=1)
-    while True:
-        start = max(now - window, after + tick)
-        first = trigger.get_next_fire_time(None, start)
-        if first is not None and first <= now:
-            latest: dt.datetime = first
-            while True:
-                following = trigger.get_next_fire_time(None, latest + tick)
-                if following is None or following > now:
-                    return latest
-                latest = following
-        if start <= after + tick:
-            return None
-        window *= 2
+    def __repr__(self) -> str:
+        return f"<ScheduleTrigger {self.schedule.expr!r} {self.schedule.tz}>"
 
 
 # =====================================================================================
@@ -341,7 +143,7 @@ class _FireTimeExecutor(AsyncIOExecutor):  # type: ignore[misc]  # apscheduler i
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Loaded:
     row: store.ScheduleRow
-    trigger: CronTrigger | OrTrigger
+    trigger: ScheduleTrigger
 
     @property
     def key(self) -> tuple[str, str]:
@@ -431,8 +233,9 @@ class CronScheduler:
                 wanted[row.agent_id] = _Loaded(row, current.trigger)
                 continue
             try:
-                trigger = parse_cron(row.schedule_cron, row.schedule_timezone)
-            except CronError as exc:
+                trigger = ScheduleTrigger(
+                    cron.parse_cron(row.schedule_cron, row.schedule_timezone))
+            except cron.CronError as exc:
                 # Only rows written before validation existed can get here; say so once.
                 seen = (row.agent_id, row.schedule_cron, row.schedule_timezone)
                 if seen not in self._reported_invalid:
@@ -471,7 +274,7 @@ class CronScheduler:
         if row.last_fire_time is not None and row.last_fire_time > since:
             since = row.last_fire_time
         now = self._clock()
-        missed = latest_fire_time(loaded.trigger, now, after=since)
+        missed = loaded.trigger.schedule.latest_fire_time(now, after=since)
         if missed is None:
             return
         if now - missed > ON_TIME_GRACE and self._catchup == "skip":
@@ -571,7 +374,7 @@ class CronScheduler:
                     async with await psycopg.AsyncConnection.connect(
                         conninfo, autocommit=True
                     ) as listen:
-                        await listen.execute(f"LISTEN {channels.SCHEDULES}")
+                        await channels.listen(listen, channels.SCHEDULES)
                         # Whatever changed while nobody listened is picked up here.
                         await self.reload()
                         failures = 0

@@ -1,6 +1,6 @@
 """The cron grammar, one table of cases run against both of its implementations: the
 SQL validator (``runner_cron_problem``, which guards ``ai_agents.schedule_cron``) and
-the Python parser the scheduler uses (``runner.scheduler``). They must accept the same
+the Python parser the scheduler uses (``runner.cron``). They must accept the same
 expressions and word every refusal the same way, or a schedule the database accepted
 could be one the scheduler cannot run."""
 
@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from runner.scheduler import (
+from runner.cron import (
     CronError,
     CronFields,
     cron_problem,
@@ -22,8 +22,14 @@ from runner.scheduler import (
     parse_cron,
     parse_cron_fields,
 )
+from runner.scheduler import ScheduleTrigger
 
 UTC = dt.UTC
+
+
+def _trigger(expr: str, tz: str) -> ScheduleTrigger:
+    """The APScheduler trigger the scheduler gives a job (times from runner.cron)."""
+    return ScheduleTrigger(parse_cron(expr, tz))
 
 # (expression, the problem, or None when valid)
 CASES: list[tuple[str, str | None]] = [
@@ -206,7 +212,7 @@ def test_sql_and_python_agree_on_random_expressions(
 
 
 def _matches(fields: CronFields, moment: dt.datetime) -> bool:
-    """Cron's own rule, written independently of APScheduler (Sunday = 0)."""
+    """Cron's own rule, written independently of cronsim and APScheduler (Sunday = 0)."""
     weekday = (moment.weekday() + 1) % 7
     day_ok = moment.day in fields.days
     weekday_ok = weekday in fields.weekdays
@@ -236,7 +242,7 @@ SEMANTIC = [
 @pytest.mark.parametrize("expr", SEMANTIC)
 def test_triggers_fire_exactly_when_cron_says(expr: str) -> None:
     fields = parse_cron_fields(expr)
-    trigger = parse_cron(expr, "UTC")
+    trigger = _trigger(expr, "UTC")
     start = dt.datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
     limit = start + dt.timedelta(days=5 * 366)
     expected = _brute_force(fields, start, 12, dt.timedelta(minutes=1), limit) if not (
@@ -256,14 +262,14 @@ def test_weekday_numbers_are_crons_not_apschedulers() -> None:
     assert saturday.weekday() == 5
     for expr, python_weekday in [("0 9 * * 1", 0), ("0 9 * * 0", 6), ("0 9 * * 7", 6),
                                  ("0 9 * * SUN", 6), ("0 9 * * 6", 5)]:
-        fire = parse_cron(expr, "UTC").get_next_fire_time(None, saturday)
+        fire = _trigger(expr, "UTC").get_next_fire_time(None, saturday)
         assert fire.weekday() == python_weekday, expr
 
 
 def test_day_of_month_and_weekday_are_ored_when_both_restricted() -> None:
     fires: list[int] = []
     moment = dt.datetime(2026, 11, 1, tzinfo=UTC)
-    trigger = parse_cron("0 0 13 * FRI", "UTC")
+    trigger = _trigger("0 0 13 * FRI", "UTC")
     while len(fires) < 6:
         moment = trigger.get_next_fire_time(None, moment + dt.timedelta(microseconds=1))
         fires.append(moment.day)
@@ -275,15 +281,15 @@ def test_day_of_month_and_weekday_are_ored_when_both_restricted() -> None:
 
 
 def test_six_fields_have_seconds_first() -> None:
-    trigger = parse_cron("*/5 * * * * *", "UTC")
+    trigger = _trigger("*/5 * * * * *", "UTC")
     start = dt.datetime(2026, 11, 21, 10, 0, 1, tzinfo=UTC)
     assert trigger.get_next_fire_time(None, start) == start.replace(second=5)
-    five = parse_cron("*/5 * * * *", "UTC")  # five fields: minutes, at second 0
+    five = _trigger("*/5 * * * *", "UTC")  # five fields: minutes, at second 0
     assert five.get_next_fire_time(None, start) == start.replace(minute=5, second=0)
 
 
 def test_time_zone_is_applied() -> None:
-    trigger = parse_cron("0 9 * * *", "Europe/London")
+    trigger = _trigger("0 9 * * *", "Europe/London")
     summer = dt.datetime(2026, 7, 1, tzinfo=UTC)
     winter = dt.datetime(2026, 12, 1, tzinfo=UTC)
     assert trigger.get_next_fire_time(None, summer).astimezone(UTC).hour == 8
@@ -303,18 +309,18 @@ def test_unknown_time_zone() -> None:
 
 def test_latest_fire_time() -> None:
     now = dt.datetime(2026, 11, 21, 10, 0, 7, 500000, tzinfo=UTC)
-    every_two = parse_cron("*/2 * * * * *", "UTC")
-    assert latest_fire_time(every_two, now, after=now - dt.timedelta(hours=3)) == now.replace(
+    every_two = ("*/2 * * * * *", "UTC")
+    assert latest_fire_time(*every_two, now, after=now - dt.timedelta(hours=3)) == now.replace(
         second=6, microsecond=0)
     # nothing after "after"
-    assert latest_fire_time(every_two, now, after=now.replace(second=6, microsecond=0)) is None
-    assert latest_fire_time(every_two, now, after=now) is None
-    daily = parse_cron("0 9 * * *", "UTC")
-    assert latest_fire_time(daily, now, after=now - dt.timedelta(days=400)) == now.replace(
+    assert latest_fire_time(*every_two, now, after=now.replace(second=6, microsecond=0)) is None
+    assert latest_fire_time(*every_two, now, after=now) is None
+    daily = ("0 9 * * *", "UTC")
+    assert latest_fire_time(*daily, now, after=now - dt.timedelta(days=400)) == now.replace(
         hour=9, minute=0, second=0, microsecond=0)
-    assert latest_fire_time(daily, now, after=now.replace(hour=9, minute=30)) is None
-    yearly = parse_cron("0 0 1 JAN *", "UTC")
-    assert latest_fire_time(yearly, now, after=now - dt.timedelta(days=3000)) == dt.datetime(
+    assert latest_fire_time(*daily, now, after=now.replace(hour=9, minute=30)) is None
+    yearly = ("0 0 1 JAN *", "UTC")
+    assert latest_fire_time(*yearly, now, after=now - dt.timedelta(days=3000)) == dt.datetime(
         2026, 1, 1, tzinfo=UTC)
 
 
