@@ -17,10 +17,11 @@ sends to stderr):
    with discovery -> enrichment -> scoring dependencies and the workflow is triggered
    (``trigger_stream_workflow``): the database enqueues each next step when its parent
    completes.
-3. An in-process :class:`runner.daemon.Daemon` (concurrency 3, metrics on an ephemeral
-   port so it never collides with a running daemon) works the queue until the
-   workflow run completes or fails, or ``timeout`` passes. Like any daemon it works
-   every pending task of the database while it runs, not only the demo's.
+3. An in-process daemon (the CLI's :meth:`runner.api.CommandHost.run_daemon`:
+   concurrency 3, metrics on an ephemeral port so it never collides with a running
+   daemon) works the queue until the workflow run completes or fails, or ``timeout``
+   passes. Like any daemon it works every pending task of the database while it runs,
+   not only the demo's.
 4. The report: the stream's top companies and each agent's execution figures.
 
 Offline by default: the Anthropic and Companies House keys are dropped from the
@@ -33,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 import signal
 import tempfile
 import time
@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 
 from agents.store import demo as admin
-from runner.settings import Settings
+from runner.api import CommandHost, InProcessDaemon
 
 DEMO_SEED = 7
 DEMO_ROWS = 4000
@@ -69,9 +69,11 @@ DEMO_AGENTS: tuple[tuple[str, str, str], ...] = (
 DEFAULT_TIMEOUT_SECONDS = 180.0
 TOP_COMPANIES = 10
 _WATCH_INTERVAL_SECONDS = 0.2
+# Nothing should be in flight once the run is done; an interrupted demo hands its work
+# back quickly.
+_MAX_SHUTDOWN_GRACE_SECONDS = 5.0
 
 Progress = Callable[[str], None]
-log = logging.getLogger("runner.demo")
 
 
 class DemoFailed(Exception):
@@ -79,7 +81,7 @@ class DemoFailed(Exception):
 
 
 def run_demo(
-    settings: Settings,
+    host: CommandHost,
     conninfo: str,
     *,
     progress: Progress,
@@ -108,9 +110,8 @@ def run_demo(
         progress(note)
     progress(f"triggered workflow run {setup.run_id}")
 
-    daemon_settings = _daemon_settings(settings, online=online)
     run_started = time.monotonic()
-    asyncio.run(_work_until_done(daemon_settings, conninfo, setup.run_id, progress,
+    asyncio.run(_work_until_done(host, conninfo, setup.run_id, progress, online=online,
                                  within=timeout))
     run_seconds = time.monotonic() - run_started
 
@@ -163,40 +164,24 @@ def _generator() -> ModuleType:
 # -- 3. the daemon ---------------------------------------------------------------------
 
 
-def _daemon_settings(settings: Settings, *, online: bool) -> Settings:
-    update: dict[str, Any] = {
-        "concurrency": 3,
-        # Port 0: the OS picks a free port, so a daemon already running here (or a
-        # second demo) never collides with this one.
-        "metrics_addr": "127.0.0.1:0",
-        # Nothing should be in flight once the run is done; an interrupted demo hands
-        # its work back quickly.
-        "shutdown_grace": min(settings.shutdown_grace, 5.0),
-    }
-    if not online:
-        update.update(anthropic_api_key=None, companies_house_api_key=None)
-    return settings.model_copy(update=update)
-
-
 async def _work_until_done(
-    settings: Settings, conninfo: str, run_id: str, progress: Progress, *, within: float
+    host: CommandHost, conninfo: str, run_id: str, progress: Progress, *, online: bool,
+    within: float,
 ) -> None:
-    from runner.daemon import Daemon
-
-    daemon = Daemon(settings, conninfo)
-    daemon_task = asyncio.create_task(daemon.run(install_signal_handlers=False))
-    interrupted = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupted.set)
-    try:
-        outcome = await _watch(conninfo, run_id, progress, daemon_task, interrupted,
-                               within=within)
-    finally:
+    async with host.run_daemon(conninfo, offline=not online, concurrency=3,
+                               max_shutdown_grace=_MAX_SHUTDOWN_GRACE_SECONDS) as daemon:
+        interrupted = asyncio.Event()
+        loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        daemon.request_stop()
-        exit_code = await daemon_task
+            loop.add_signal_handler(signum, interrupted.set)
+        try:
+            outcome = await _watch(conninfo, run_id, progress, daemon, interrupted,
+                                   within=within)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+            daemon.request_stop()
+            exit_code = await daemon.wait()
     if outcome is not None:
         raise DemoFailed(outcome)
     if exit_code != 0:
@@ -208,7 +193,7 @@ async def _watch(
     conninfo: str,
     run_id: str,
     progress: Progress,
-    daemon_task: asyncio.Task[int],
+    daemon: InProcessDaemon,
     interrupted: asyncio.Event,
     *,
     within: float,
@@ -232,7 +217,7 @@ async def _watch(
                 failed = [s["task_id"] for s in state["steps"] if s["status"] == "failed"]
                 where = f"`agent-runner show {failed[0]}`" if failed else "`agent-runner tasks`"
                 return f"workflow run {run_id} failed: {state['error_message']} (see {where})"
-            if daemon_task.done():
+            if not daemon.running:
                 return "the demo's daemon stopped before the workflow finished"
             if interrupted.is_set():
                 return "interrupted; unfinished work was handed back to the queue"

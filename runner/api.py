@@ -16,10 +16,11 @@ Two rules keep an agent exactly-once:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import random
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from decimal import Decimal
 from typing import Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
@@ -28,23 +29,39 @@ import httpx
 import psycopg
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from runner.errors import AgentOutcomeError, CancelTask, FailPermanently, RetryLater
+from runner.errors import (
+    AgentOutcomeError,
+    CancelTask,
+    CommandFailed,
+    FailPermanently,
+    RetryLater,
+    UsageError,
+)
 
 __all__ = [
+    "COMMANDS_GROUP",
     "Agent",
+    "AgentCommand",
     "AgentContext",
     "AgentDefinition",
     "AgentOutcomeError",
     "AgentResult",
     "AgentSettings",
     "CancelTask",
+    "CommandFailed",
+    "CommandHost",
     "CommitHook",
+    "DaemonDatabase",
     "FailPermanently",
+    "InProcessDaemon",
     "LLMCallRecord",
     "RetryLater",
+    "UsageError",
+    "add_json_flag",
     "agent_configuration",
     "backoff_delay",
     "describe_validation_error",
+    "positive_int",
 ]
 
 #: Runs inside the transaction that completes the task. It may return figures it could
@@ -200,5 +217,149 @@ class Agent(Protocol):
     Input: ClassVar[type[BaseModel]]
 
     async def run(self, ctx: AgentContext, payload: Any) -> AgentResult: ...
+
+
+# -- commands an agent package adds to the CLI ------------------------------------------
+#
+# Like agent types, `agent-runner` commands may come from an agent package: the CLI adds
+# one subcommand per entry point of the group ``agent_runner.commands`` (name = the
+# command, value = an :class:`AgentCommand`), after its own commands. It hands the
+# command a :class:`CommandHost`: the few engine services such a command needs
+# (database, an in-process daemon, the CLI's output), so that agents still import
+# nothing from the runner but this module.
+
+#: The entry-point group of agent-contributed CLI commands.
+COMMANDS_GROUP = "agent_runner.commands"
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts and limits: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_json_flag(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """The ``--json`` flag every read command takes."""
+    # On a nested command (`agents list --json`) the default is SUPPRESS, so that the
+    # parent's `agents --json` is not overwritten by the child's default.
+    parser.add_argument("--json", action="store_true",
+                        default=argparse.SUPPRESS if inherited else False,
+                        help="print one JSON document on stdout")
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """An :class:`AgentCommand` that takes no arguments."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentCommand:
+    """One `agent-runner` subcommand, registered under its name in
+    :data:`COMMANDS_GROUP`.
+
+    ``add_arguments`` adds its arguments to the subcommand's parser. An argument whose
+    ``dest`` is the upper-case name of a setting (``RUNNER_DATA_DIR``) overrides that
+    setting, as every flag of the CLI does. ``run`` returns the exit code (0 success);
+    it raises :class:`CommandFailed` (exit 1) or :class:`UsageError` (exit 2) with the
+    message for stderr.
+    """
+
+    help: str
+    run: Callable[[argparse.Namespace, CommandHost], int]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
+    description: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DaemonDatabase:
+    """The database a daemon works on: ``DATABASE_URL``'s, or the embedded one."""
+
+    url: str
+    #: The embedded Postgres under ``RUNNER_DATA_DIR`` (its URI holds no secret: a
+    #: local socket, trust auth); False for the user's ``DATABASE_URL``, which may hold
+    #: a password and must never be echoed.
+    embedded: bool
+
+
+class InProcessDaemon(Protocol):
+    """A daemon :meth:`CommandHost.run_daemon` started in this process."""
+
+    @property
+    def running(self) -> bool:
+        """False once the daemon stopped, whether asked to or not."""
+        ...
+
+    def request_stop(self) -> None:
+        """Stop claiming, let in-flight work finish within the grace period, hand
+        back the rest (like a first SIGTERM)."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait until it stopped; its exit code (0 when it stopped because asked to)."""
+        ...
+
+
+class CommandHost(Protocol):
+    """What the CLI offers an :class:`AgentCommand` (runner.cli implements it)."""
+
+    def say(self, message: str) -> None:
+        """A progress line for the operator, on stderr (stdout is the command's output)."""
+        ...
+
+    def configure_logging(self, *, at_least: str | None = None) -> None:
+        """Set up logging as configured (``RUNNER_LOG_FORMAT``, ``RUNNER_LOG_LEVEL``),
+        no more verbose than ``at_least`` (a level name) when given."""
+        ...
+
+    def database_url(self) -> str:
+        """``DATABASE_URL``; :class:`UsageError` when it is not set."""
+        ...
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """An autocommit connection to ``DATABASE_URL`` whose schema is current;
+        :class:`CommandFailed` with a clear message otherwise."""
+        ...
+
+    def database_for_daemon(
+        self, say: Callable[[str], None]
+    ) -> AbstractContextManager[DaemonDatabase]:
+        """``DATABASE_URL`` (as it is), or the embedded Postgres under
+        ``RUNNER_DATA_DIR``: started or joined, migrated, and stopped on the way out if
+        this process started it. ``say`` tells the operator which."""
+        ...
+
+    def migrate(self, conninfo: str) -> list[str]:
+        """Apply the migrations this build has (``agent-runner migrate``); returns their
+        names."""
+        ...
+
+    def run_daemon(
+        self,
+        conninfo: str,
+        *,
+        offline: bool,
+        concurrency: int | None = None,
+        max_shutdown_grace: float | None = None,
+    ) -> AbstractAsyncContextManager[InProcessDaemon]:
+        """Run a daemon in this event loop while the context is open (it is stopped
+        and awaited on the way out), with this process's settings but: its metrics on
+        a port the OS picks (no clash with a daemon already running here);
+        ``concurrency`` and a shutdown grace of at most ``max_shutdown_grace`` seconds
+        when given; and, ``offline``, without the Anthropic and Companies House keys,
+        so its agents run in their offline modes. It records its agent types as every
+        daemon does. It installs no signal handlers."""
+        ...
+
+    def print_json(self, document: Any) -> None:
+        """``document`` as the one JSON document of ``--json`` output, on stdout."""
+        ...
+
+    def print_table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+        """Rows as the CLI's aligned text table, on stdout."""
+        ...
 
 

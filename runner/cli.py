@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -19,20 +21,29 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 
+from runner.api import (
+    COMMANDS_GROUP,
+    AgentCommand,
+    DaemonDatabase,
+    add_json_flag,
+    positive_int,
+)
 from runner.errors import CommandFailed, EmbeddedPostgresError, SchemaError, UsageError
 from runner.migrate import check_schema_current, migrate
 from runner.plugins import InvalidPayload, Registry, UnknownAgentType, load_registry
 from runner.settings import Settings, SettingsError, load_settings
 from runner.store import agent_types
 from runner.store import operator as admin
+
+if TYPE_CHECKING:
+    from runner.daemon import Daemon
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -70,16 +81,6 @@ def _timestamp(text: str) -> dt.datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--at must be ISO 8601, got {text!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _json_value(value: Any) -> Any:
@@ -218,65 +219,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         daemon = Daemon(settings, url)
         _daemon_starts(url, daemon.registry)
         return asyncio.run(daemon.run())
-
-
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from agents import demo
-    from runner import logs
-
-    # The daemon's routine INFO lines would drown the stage lines; problems still show.
-    logs.configure(settings.log_format, "ERROR" if settings.log_level == "ERROR" else "WARNING")
-    with _database_for_daemon(settings, _say) as url:
-        if settings.database_url:
-            _say("using DATABASE_URL; migrating it first")
-            migrate(url)
-        try:
-            report = demo.run_demo(settings, url, progress=_say, online=args.online,
-                                   timeout=args.timeout)
-        except demo.DemoFailed as exc:
-            raise CommandFailed(f"demo failed: {exc}") from None
-        # The embedded server's URI holds no secret (a local socket, trust auth); the
-        # user's own DATABASE_URL may hold a password and is never echoed.
-        embedded = settings.database_url is None
-        report["database"] = {"embedded": embedded, "url": url if embedded else None}
-    if args.json:
-        _print_json(report)
-    else:
-        _print_demo_report(report)
-    return EXIT_OK
-
-
-def _print_demo_report(report: dict[str, Any]) -> None:
-    stream, summary, run = report["stream"], report["summary"], report["workflow_run"]
-    print(f"stream: {stream['name']}  ({stream['id']})")
-    print(f"workflow run {run['id']} {run['status']} in {run['seconds']:.1f} s "
-          f"({report['mode']} mode; {report['seconds']:.1f} s in all)")
-    print(f"items: {summary['items']}  qualified (>= "
-          f"{stream['target_metrics'].get('min_quality_score', '-')}): {summary['qualified']}  "
-          f"average score: {summary['avg_quality_score'] or '-'}  enriched: "
-          f"{summary['enriched']}")
-    print("  by priority: " + "  ".join(
-        f"{band}={summary[band]}" for band in ("critical", "high", "medium", "low")))
-    print(f"\ntop {len(report['top_companies'])} companies:")
-    rows = [{**company, "key_signals": ", ".join(company["key_signals"]) or "-"}
-            for company in report["top_companies"]]
-    _print_table(rows, ["position", "name", "town", "quality_score", "priority",
-                        "key_signals"])
-    print("\nagents:")
-    rows = [{**agent, "duration": f"{(agent['duration_ms'] or 0) / 1000:.2f} s",
-             "llm_cost_usd": f"{agent['cost_usd']:.4f}" if agent["llm_calls"] else "-"}
-            for agent in report["agents"]]
-    _print_table(rows, ["agent_name", "agent_type", "status", "executions", "duration",
-                        "llm_calls", "llm_cost_usd"])
-    if report["agents"]:
-        last = report["agents"][-1]["task_id"]
-        print(f"\nmore: `agent-runner show {last}` (a task, its executions, logs and the "
-              "run's tree), `agent-runner agents`, `agent-runner tasks`")
-    database = report.get("database") or {}
-    if database.get("embedded"):
-        # The other commands need DATABASE_URL; the embedded server is stopped by now.
-        print("the embedded Postgres is stopped and keeps its data: to look around, start "
-              "it with `agent-runner run` and use the DATABASE_URL it prints")
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -574,47 +516,131 @@ def _set_paused(settings: Settings, *, paused: bool) -> int:
     return EXIT_OK
 
 
-# -- companies -------------------------------------------------------------------------
+# -- commands from agent packages ------------------------------------------------------
 
 
-def cmd_import_companies(args: argparse.Namespace, settings: Settings) -> int:
-    """Exit 0 once the file was read, even when some rows were rejected (they are
-    listed, with their line numbers, and the good rows are loaded): a five-million-row
-    register file always has a few. Exit 1 when the file cannot be read or is not a
-    BasicCompanyData CSV (then nothing was written)."""
-    from agents.companies_import import CompaniesFileError, import_companies
+def _add_agent_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """One subcommand per entry point of ``agent_runner.commands`` (``demo`` and
+    ``import-companies`` come from this project's agents), after the engine's own, in
+    name order. One that cannot be loaded, or would shadow a command, is reported on
+    stderr and left out: the other commands must keep working."""
+    for entry in sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP),
+                        key=lambda e: e.name):
+        try:
+            if entry.name in sub.choices:
+                raise TypeError(f"{entry.name!r} is already a command")
+            command = entry.load()
+            if not isinstance(command, AgentCommand):
+                raise TypeError(f"{entry.value} is not a runner.api.AgentCommand")
+        except Exception as exc:  # a broken plugin must not break every other command
+            _say(f"warning: command {entry.name} ({entry.value}) not loaded: {exc}")
+            continue
+        p = sub.add_parser(entry.name, help=command.help, description=command.description)
+        command.add_arguments(p)
+        p.set_defaults(handler=functools.partial(_run_agent_command, command))
 
-    url = database_url(settings)
-    with _connect(settings):
-        pass  # fail early, with the usual messages, on connection or schema trouble
-    _say(f"importing {args.file}")
-    try:
-        # tqdm draws the bar on stderr; stdout keeps only the report.
-        report = asyncio.run(import_companies(url, args.file, progress=True))
-    except CompaniesFileError as exc:
-        raise CommandFailed(f"{args.file}: {exc}") from None
-    except OSError as exc:
-        raise CommandFailed(f"cannot read {args.file}: {exc.strerror or exc}") from None
-    if args.json:
-        _print_json(report.as_dict())
-        return EXIT_OK
-    print(f"imported {report.path}: {report.rows_read:,} rows in {report.seconds:.1f} s "
-          f"({report.rows_per_second:,.0f} rows/s)")
-    print(f"  inserted   {report.inserted:,}\n  updated    {report.updated:,}\n"
-          f"  unchanged  {report.unchanged:,}\n  rejected   {report.rejected:,}")
-    if report.rejects:
-        shown = len(report.rejects)
-        more = f" (the first {shown})" if shown < report.rejected else ""
-        print(f"rejected rows{more}:")
-        for reject in report.rejects:
-            print(f"  line {reject.line}: {reject.reason}")
-    return EXIT_OK
+
+def _run_agent_command(command: AgentCommand, args: argparse.Namespace,
+                       settings: Settings) -> int:
+    return command.run(args, _CommandHost(settings))
+
+
+class _CommandHost:
+    """runner.api.CommandHost: what an agent package's command may use of the engine."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def say(self, message: str) -> None:
+        _say(message)
+
+    def configure_logging(self, *, at_least: str | None = None) -> None:
+        from runner import logs
+
+        level: str = self._settings.log_level
+        if at_least is not None:
+            level = max(level, at_least, key=logging.getLevelName)
+        logs.configure(self._settings.log_format, level)
+
+    def database_url(self) -> str:
+        return database_url(self._settings)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return _connect(self._settings)
+
+    @contextlib.contextmanager
+    def database_for_daemon(self, say: Callable[[str], None]) -> Iterator[DaemonDatabase]:
+        with _database_for_daemon(self._settings, say) as url:
+            yield DaemonDatabase(url=url, embedded=self._settings.database_url is None)
+
+    def migrate(self, conninfo: str) -> list[str]:
+        return migrate(conninfo)
+
+    @contextlib.asynccontextmanager
+    async def run_daemon(
+        self,
+        conninfo: str,
+        *,
+        offline: bool,
+        concurrency: int | None = None,
+        max_shutdown_grace: float | None = None,
+    ) -> AsyncIterator[_InProcessDaemon]:
+        from runner.daemon import Daemon
+
+        # Port 0: the OS picks a free port, so a daemon already running here (or a
+        # second demo) never collides with this one.
+        update: dict[str, Any] = {"metrics_addr": "127.0.0.1:0"}
+        if concurrency is not None:
+            update["concurrency"] = concurrency
+        if max_shutdown_grace is not None:
+            update["shutdown_grace"] = min(self._settings.shutdown_grace, max_shutdown_grace)
+        if offline:
+            update.update(anthropic_api_key=None, companies_house_api_key=None)
+        daemon = Daemon(self._settings.model_copy(update=update), conninfo)
+        await asyncio.to_thread(_daemon_starts, conninfo, daemon.registry)
+        running = _InProcessDaemon(daemon)
+        try:
+            yield running
+        finally:
+            if running.running:
+                running.request_stop()
+            await running.stopped()
+
+    def print_json(self, document: Any) -> None:
+        _print_json(document)
+
+    def print_table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+        _print_table(rows, columns)
+
+
+class _InProcessDaemon:
+    """runner.api.InProcessDaemon: a :class:`runner.daemon.Daemon` run as a task of the
+    current event loop, without signal handlers (its command decides about signals)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self._task: asyncio.Task[int] = asyncio.create_task(
+            daemon.run(install_signal_handlers=False), name="in-process-daemon")
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
+
+    def request_stop(self) -> None:
+        self._daemon.request_stop()
+
+    async def wait(self) -> int:
+        return await self._task
+
+    async def stopped(self) -> None:
+        """Wait for the end without raising what it ended with (``wait`` does)."""
+        await asyncio.wait({self._task})
 
 
 # -- output ----------------------------------------------------------------------------
 
 
-def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+def _print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("  (none)")
         return
@@ -639,12 +665,9 @@ def _cell(value: Any) -> str:
 # -- parser ----------------------------------------------------------------------------
 
 
-def _json_flag(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
-    # On a nested command (`agents list --json`) the default is SUPPRESS, so that the
-    # parent's `agents --json` is not overwritten by the child's default.
-    parser.add_argument("--json", action="store_true",
-                        default=argparse.SUPPRESS if inherited else False,
-                        help="print one JSON document on stdout")
+# Shared with the commands agent packages add (runner.api).
+_json_flag = add_json_flag
+_positive_int = positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -659,26 +682,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the daemon: workers + scheduler + metrics, until SIGTERM")
     _daemon_flags(p)
     p.set_defaults(handler=cmd_run)
-
-    p = sub.add_parser(
-        "demo", help="migrate, load demo companies, run discovery -> enrichment -> scoring, "
-        "print the scored stream",
-        description="Seed 004's example end to end, offline: loads a few thousand synthetic "
-        "companies (only into an empty companies table), creates a NEW stream on every run "
-        "(SaaS + FinTech, UK + Ireland, 10-500 employees, find 50, min quality 4.0), "
-        "reuses the demo-* agents, runs the workflow in-process and prints the top "
-        "companies and per-agent figures. Without DATABASE_URL it uses the embedded "
-        "Postgres under RUNNER_DATA_DIR. While it runs, its daemon also works any other "
-        "pending task of that database.")
-    p.add_argument("--data-dir", dest="RUNNER_DATA_DIR",
-                   help="where the embedded Postgres keeps its data (no DATABASE_URL)")
-    p.add_argument("--online", action="store_true",
-                   help="use ANTHROPIC_API_KEY / COMPANIES_HOUSE_API_KEY if set (default: "
-                   "offline, nothing leaves the machine)")
-    p.add_argument("--timeout", type=_positive_int, default=180,
-                   help="seconds to wait for the workflow (default 180)")
-    _json_flag(p)
-    p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("status", help="live daemons, task counts, recent tasks")
     _json_flag(p)
@@ -750,16 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="restart claiming on every daemon")
     p.set_defaults(handler=cmd_resume)
 
-    p = sub.add_parser(
-        "import-companies",
-        help="load a Companies House BasicCompanyData CSV (progress bar on stderr)",
-        description="Load a Companies House BasicCompanyData CSV. Exit 0 when the file "
-        "was read, even if some rows were rejected (they are listed with their line "
-        "numbers); exit 1 when the file cannot be read or its header is not "
-        "BasicCompanyData's.")
-    p.add_argument("file", type=Path, metavar="FILE.csv")
-    _json_flag(p)
-    p.set_defaults(handler=cmd_import_companies)
+    _add_agent_commands(sub)
     return parser
 
 
