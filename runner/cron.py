@@ -18,6 +18,11 @@ exactly when ``30 1 * * *`` does.
 
 Times go in and come out in UTC (any aware datetime is accepted); the schedule's zone
 is used only to match the fields. Every search is bounded.
+
+Known limit, cronsim's: in Australia/Lord_Howe (the one zone whose DST shift is 30
+minutes) a wildcard-hour schedule such as ``15 */2 * * *`` skips the 02:15 after the
+fall-back going forwards, though looking back finds it; a daemon restarted in that half
+hour would catch it up as missed.
 """
 
 from __future__ import annotations
