@@ -64,6 +64,7 @@ async def test_two_schedulers_claiming_one_fire_make_one_task(pool: AsyncConnect
     agent_id = await _agent(pool, "report", "0 9 * * *",
                             configuration={"payload": {"sleep_seconds": 0.5}})
     fire_time = dt.datetime(2026, 11, 21, 9, tzinfo=UTC)
+    metrics.set_agent_types(["noop"])  # as a daemon with the noop plugin does at start
     before = metrics.REGISTRY.get_sample_value(
         "agent_runner_cron_fires_total", {"agent_type": "noop"}) or 0.0
     async with _scheduler(pool) as first, _scheduler(pool, daemon_id=UUID(int=7)) as second:
