@@ -180,6 +180,7 @@ class Daemon:
 
     def _side_tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         settings = self.settings
+        assert self.pool is not None, "the pool opens before the side tasks start"
         return {
             "heartbeat": sidetasks.every(
                 self._heartbeat_period(), self.heartbeat_once, "heartbeat"),
@@ -187,7 +188,8 @@ class Daemon:
             "metrics_refresh": sidetasks.every(
                 _METRICS_REFRESH_SECONDS, self.refresh_metrics_once, "metrics_refresh"),
             "control": self._listen_control(),
-            "cron": scheduler_side_task(self),
+            "cron": scheduler_side_task(
+                self.pool, conninfo=self.conninfo, settings=settings, daemon_id=self.id),
         }
 
     def _heartbeat_period(self) -> float:

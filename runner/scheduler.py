@@ -38,18 +38,16 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from uuid import UUID
 
 import psycopg
-import psycopg_pool
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from psycopg_pool import AsyncConnectionPool
 
-from runner import cron, metrics
+from runner import cron, metrics, sidetasks
 from runner.store import channels
 from runner.store import cron as store
 
 if TYPE_CHECKING:
-    from runner.daemon import Daemon
     from runner.settings import Settings
 
 logger = logging.getLogger("runner.scheduler")
@@ -65,8 +63,6 @@ _PRUNE_EVERY_SECONDS: Final = 600.0
 _DEBOUNCE_SECONDS: Final = 0.1
 #: Fires of one agent may overlap when the database is slow; each is its own claim.
 _MAX_CONCURRENT_FIRES: Final = 4
-_TRANSIENT = (OSError, TimeoutError, psycopg.OperationalError, psycopg_pool.PoolTimeout)
-_MAX_TRANSIENT_FAILURES: Final = 12
 _UTC = dt.UTC
 _TICK: Final = dt.timedelta(microseconds=1)
 
@@ -330,7 +326,7 @@ class CronScheduler:
                     schedule_cron=row.schedule_cron, schedule_timezone=row.schedule_timezone,
                     daemon_id=self._daemon_id,
                 )
-        except _TRANSIENT as exc:
+        except sidetasks.TRANSIENT_ERRORS as exc:
             self.outcomes["error"] += 1
             self._catch_up_due.add(row.agent_id)
             logger.warning("cron_fire_failed", extra={
@@ -367,7 +363,7 @@ class CronScheduler:
         """Schedule until cancelled. Connection trouble is retried with backoff for a
         while; after that, or on a bug, this raises (and the daemon stops loudly)."""
         self.start()
-        failures = 0
+        retrying = sidetasks.Retrying("cron_scheduler")
         try:
             while True:
                 try:
@@ -377,19 +373,14 @@ class CronScheduler:
                         await channels.listen(listen, channels.SCHEDULES)
                         # Whatever changed while nobody listened is picked up here.
                         await self.reload()
-                        failures = 0
+                        retrying.succeeded()
                         while True:
                             self._raise_if_fatal()
                             await _wait_for_notification(listen, reload_interval)
                             self._raise_if_fatal()
                             await self.reload()
-                except _TRANSIENT as exc:
-                    failures += 1
-                    logger.warning("cron_scheduler_connection_failed", extra={
-                        "error": str(exc), "failures": failures})
-                    if failures >= _MAX_TRANSIENT_FAILURES:
-                        raise
-                    await asyncio.sleep(min(30.0, 0.25 * 2**failures))
+                except sidetasks.TRANSIENT_ERRORS as exc:
+                    await retrying.failed(exc)
         finally:
             await self.close()
 
@@ -428,9 +419,10 @@ class SchedulerOptions:
         return cls(catchup=settings.cron_catchup, reload_interval=settings.cron_reload_interval)
 
 
-async def scheduler_side_task(daemon: Daemon) -> None:
-    """The cron scheduler for the daemon's life (``Daemon(extra_side_tasks=[...])``)."""
-    assert daemon.pool is not None, "the daemon's pool opens before its side tasks start"
-    options = SchedulerOptions.from_settings(daemon.settings)
-    scheduler = CronScheduler(daemon.pool, daemon_id=daemon.id, catchup=options.catchup)
-    await scheduler.run(daemon.conninfo, reload_interval=options.reload_interval)
+async def scheduler_side_task(
+    pool: AsyncConnectionPool, *, conninfo: str, settings: Settings, daemon_id: UUID
+) -> None:
+    """The cron scheduler for a daemon's life: one of every daemon's side tasks."""
+    options = SchedulerOptions.from_settings(settings)
+    scheduler = CronScheduler(pool, daemon_id=daemon_id, catchup=options.catchup)
+    await scheduler.run(conninfo, reload_interval=options.reload_interval)

@@ -245,9 +245,9 @@ async def test_side_task_runs_for_the_daemons_life_and_stops_when_cancelled(
     pool: AsyncConnectionPool, db_url: str,
 ) -> None:
     agent_id = await _agent(pool, "ticker", "* * * * * *")
-    daemon = types.SimpleNamespace(pool=pool, conninfo=db_url, settings=test_settings(),
-                                   id=UUID(int=42))
-    task = asyncio.create_task(scheduler_side_task(daemon))  # type: ignore[arg-type]
+    daemon = types.SimpleNamespace(id=UUID(int=42))
+    task = asyncio.create_task(scheduler_side_task(
+        pool, conninfo=db_url, settings=test_settings(), daemon_id=daemon.id))
     try:
         await await_until(
             lambda: _scalar(pool, "SELECT count(*) >= 2 FROM cron_fires WHERE daemon_id = %s",
