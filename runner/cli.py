@@ -222,6 +222,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from runner import logs
+
+    # A plugin that fails to load is logged (agent_plugin_rejected, with its error).
+    logs.configure(settings.log_format, settings.log_level)
     with _connect(settings) as conn:
         agent = admin.find_agent(conn, args.agent)
         if agent is None:

@@ -77,10 +77,14 @@ class Registry:
         try:
             return self._agents[agent_type]
         except KeyError:
-            raise UnknownAgentType(
-                f"no implementation for agent_type {agent_type!r} "
-                f"(known: {', '.join(sorted(self._agents))})"
-            ) from None
+            pass
+        if agent_type in self.rejected:
+            raise UnknownAgentType(f"the plugin for agent_type {agent_type!r} could not be "
+                                   f"loaded: {self.rejected[agent_type]}")
+        raise UnknownAgentType(
+            f"no implementation for agent_type {agent_type!r} "
+            f"(known: {', '.join(sorted(self._agents))})"
+        )
 
     def types(self) -> list[str]:
         return sorted(self._agents)

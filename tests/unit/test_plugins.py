@@ -101,6 +101,9 @@ def test_broken_plugins_are_logged_and_left_out(
               if record.getMessage() == "agent_plugin_rejected"}
     assert set(logged) == set(registry.rejected)
     assert logged["missing"].error == registry.rejected["missing"]  # type: ignore[attr-defined]
+    # A task of a type whose plugin is broken says why, not just "unknown".
+    with pytest.raises(UnknownAgentType, match=r"'exploding' could not be loaded: .*no config"):
+        registry.get("exploding")
 
 
 def test_rows_of_a_loaded_plugin_name_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
