@@ -7,7 +7,7 @@
 * :mod:`~runner.store.operator` -- what the CLI reads and calls (sync connections)
 * :mod:`~runner.store.monitoring` -- the figures behind the gauges, the health probe
 * :mod:`~runner.store.channels` -- the LISTEN/NOTIFY channel names
-* :mod:`~runner.store.agent_types` -- the registered agent types (plugins), refreshed
+* :mod:`~runner.store.agent_types` -- the agent types plugins registered (migrate, start)
 
 Outside this package only ``runner.migrate`` sends SQL (the migration files). The rules
 themselves (enqueue, finish, dependents, cron dedup) are SQL functions in ``sql/``;

@@ -23,6 +23,13 @@ def test_wheel_contains_migrations_and_agent_data(tmp_path: Path) -> None:
         assert f"runner/sql/{migration.name}" in names
     assert "agents/store/__init__.py" in names
     assert "agents/prices.json" in names
+    assert {"agents/commands.py", "agents/demo.py"} <= names
     assert any(name.endswith("entry_points.txt") for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "agent-runner = runner.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    declared = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "agent-runner = runner.cli:main" in declared
+    # The engine finds this project's agents and their commands as plugins.
+    assert "[agent_runner.agents]\nenrichment_agent = agents.enrichment_agent:EnrichmentAgent" \
+        in declared
+    assert "noop = agents.noop:NoopAgent" in declared
+    assert "[agent_runner.commands]\ndemo = agents.commands:DEMO" in declared
