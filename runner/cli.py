@@ -193,17 +193,6 @@ def _register_agent_types(url: str, registry: Registry) -> None:
         agent_types.refresh_sync(conn, registry.agent_type_rows())
 
 
-def _daemon_starts(url: str, registry: Registry) -> None:
-    """What a daemon does with its plugins before it claims work: record their types in
-    ``agent_types`` (CONTRACT.md) and give each its metric series."""
-    from runner import metrics
-
-    _register_agent_types(url, registry)
-    metrics.set_agent_types(registry.types())
-    logging.getLogger("runner.cli").info("agent_types_registered",
-                                         extra={"agent_types": registry.types()})
-
-
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from runner import logs
     from runner.daemon import Daemon
@@ -216,9 +205,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandFailed(str(exc)) from None
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
     with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
-        daemon = Daemon(settings, url)
-        _daemon_starts(url, daemon.registry)
-        return asyncio.run(daemon.run())
+        return asyncio.run(Daemon(settings, url).run())
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -601,7 +588,6 @@ class _CommandHost:
         if offline:
             update.update(anthropic_api_key=None, companies_house_api_key=None)
         daemon = Daemon(self._settings.model_copy(update=update), conninfo)
-        await asyncio.to_thread(_daemon_starts, conninfo, daemon.registry)
         running = _InProcessDaemon(daemon)
         try:
             yield running

@@ -39,10 +39,10 @@ from runner.delivery import Delivery
 from runner.executor import Executor
 from runner.http import MetricsServer, postgres_health_check
 from runner.outcomes import StopReason
-from runner.registry import Registry, default_registry
+from runner.plugins import Registry, load_registry
 from runner.scheduler import scheduler_side_task
 from runner.settings import Settings
-from runner.store import Conn, channels
+from runner.store import Conn, agent_types, channels
 from runner.store import daemons as store
 
 logger = logging.getLogger("runner.daemon")
@@ -70,7 +70,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.conninfo = conninfo
-        self.registry = registry or default_registry()
+        self.registry = registry or load_registry()
         self.id = uuid.uuid4()
         self.stopping = False
         self.hard_stopping = False
@@ -229,7 +229,11 @@ class Daemon:
             self.metrics_server = MetricsServer(postgres_health_check(pool), host=host, port=port)
             await self.metrics_server.start()
             async with pool.connection() as conn:
+                # The types this daemon can run become creatable (CONTRACT.md).
+                await agent_types.refresh(conn, self.registry.agent_type_rows())
                 await self._register(conn)
+            metrics.set_agent_types(self.registry.types())
+            logger.info("agent_types_registered", extra={"agent_types": self.registry.types()})
             return await self._supervise()
         finally:
             if self.metrics_server is not None:

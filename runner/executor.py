@@ -35,7 +35,7 @@ from runner.outcomes import (
     finish_for_error,
     finish_for_stop,
 )
-from runner.registry import Registry
+from runner.plugins import Registry
 from runner.settings import Settings
 from runner.store import attempts as store
 

@@ -38,7 +38,6 @@ __all__ = [
     "InvalidPayload",
     "Registry",
     "UnknownAgentType",
-    "default_registry",
     "load_registry",
 ]
 
@@ -146,7 +145,6 @@ def load_registry(group: str = AGENTS_GROUP) -> Registry:
 
 
 #: The name the tests and older callers use.
-default_registry = load_registry
 
 
 def _instantiate(entry: importlib.metadata.EntryPoint) -> Agent:

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from runner.executor import Executor
 from runner.outcomes import Outcome
-from runner.plugins import Registry, default_registry
+from runner.plugins import Registry, load_registry
 from runner.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ async def run_task_inline(
         executor = Executor(
             pool=pool,
             settings=settings or test_settings(),
-            registry=registry or default_registry(),
+            registry=registry or load_registry(),
             http=http,
         )
         return (await executor.run_job(task_id, int(row[0]))).outcome

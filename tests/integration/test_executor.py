@@ -17,7 +17,7 @@ from agents.noop import NoopAgent
 from runner.api import AgentContext, AgentResult, FailPermanently
 from runner.executor import Executor, retry_delay
 from runner.outcomes import Outcome, StopReason
-from runner.plugins import Registry, default_registry
+from runner.plugins import Registry, load_registry
 from runner.store import daemons as daemons_store
 from tests.harness import run_task_inline, task_state, test_settings
 
@@ -226,7 +226,7 @@ async def test_shutdown_hands_back_without_spending_a_retry(
     task_id = _enqueue(conn, '{"sleep_seconds": 30}')
     job_id = conn.execute("SELECT job_id FROM agent_tasks").fetchone()[0]  # type: ignore[index]
     async with httpx.AsyncClient() as http:
-        executor = Executor(pool=pool, settings=test_settings(), registry=default_registry(),
+        executor = Executor(pool=pool, settings=test_settings(), registry=load_registry(),
                             http=http)
         running = asyncio.create_task(
             executor.run_job(uuid.UUID(task_id), job_id, lambda: StopReason.SHUTDOWN))

@@ -234,9 +234,9 @@ async def test_payloads_are_each_stream_agents_input(pool: AsyncConnectionPool) 
 
 async def test_stream_agents_accept_their_workflow_payloads(pool: AsyncConnectionPool) -> None:
     """The payloads above pass the real agents' input models."""
-    from runner.plugins import default_registry
+    from runner.plugins import load_registry
 
-    registry = default_registry()
+    registry = load_registry()
     for agent_type in ("opportunity_bot", "enrichment_agent", "scoring_agent"):
         if agent_type not in registry.types():
             pytest.skip(f"{agent_type} is not registered yet")
