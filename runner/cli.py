@@ -41,6 +41,7 @@ from runner.plugins import InvalidPayload, Registry, UnknownAgentType, load_regi
 from runner.settings import Settings, SettingsError, load_settings
 from runner.store import agent_types
 from runner.store import operator as admin
+from runner.store.text import make_storable
 
 if TYPE_CHECKING:
     from runner.daemon import Daemon
@@ -115,6 +116,7 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise CommandFailed(f"cannot connect to the database: {exc}".strip()) from None
+    make_storable(conn)
     try:
         # One clear message instead of "relation ... does not exist" further on.
         check_schema_current(conn)

@@ -16,6 +16,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from runner.migrate import migrate
+from runner.store.text import make_storable
 
 ADMIN_URL = os.environ.get(
     "AGENT_RUNNER_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -75,6 +76,7 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
 async def _autocommit(connection: psycopg.AsyncConnection[Any]) -> None:
     # As the daemon's pool does (runner/daemon.py).
     await connection.set_autocommit(True)
+    make_storable(connection)
 
 
 @pytest.fixture

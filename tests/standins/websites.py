@@ -1,7 +1,9 @@
 """Fake company websites on one local server, one site per path prefix
 (``site_url("saas")`` -> ``http://127.0.0.1:PORT/saas/``), each with a recognisable
 stack, plus the hostile cases the fetcher must bound: an oversized page, a slow page,
-a trickling page, a redirect loop, a redirect to ``ftp:``, a JSON document and a 404.
+a trickling page, a redirect loop, a redirect to ``ftp:``, a JSON document and a 404;
+and ``/nul/``, whose title, description, text and careers link carry NUL characters
+(which Postgres cannot store).
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ _PLAIN = """<!doctype html><html><head><title>Plain</title></head>
 <body><p>We make things. Call us.</p><a href="/plain/about">About</a></body></html>
 """
 
+# NUL characters where a scraper picks up text: title, description, body, a link.
+_NUL = """<!doctype html><html><head><title>Nul\x00 Industries</title>
+<meta name="description" content="We make\x00 things">
+</head><body><p>Hand\x00made goods.</p>
+<a href="/nul/careers\x00/">Careers\x00</a></body></html>
+"""
+
 #: Pages: path -> (status, headers, body).
 _PAGES: dict[str, tuple[int, list[tuple[str, str]], str]] = {
     "/wordpress/": (200, [
@@ -110,6 +119,7 @@ _PAGES: dict[str, tuple[int, list[tuple[str, str]], str]] = {
         ("X-Powered-By", "Next.js"),
     ], _SAAS),
     "/plain/": (200, [("Content-Type", "text/html")], _PLAIN),
+    "/nul/": (200, [("Content-Type", "text/html; charset=utf-8")], _NUL),
     "/json/": (200, [("Content-Type", "application/json")], '{"hello": "world"}'),
 }
 
