@@ -6,16 +6,19 @@ Nothing else in the code base reads ``os.environ``.
 
 from __future__ import annotations
 
+import re
+import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runner.api import AgentSettings
 from runner.errors import SettingsError
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "redact_url"]
 
 
 class Settings(BaseSettings):
@@ -44,6 +47,20 @@ class Settings(BaseSettings):
     # its running attempts are rescued by any other daemon.
     heartbeat_interval: float = Field(default=5.0, gt=0, le=3600, alias="RUNNER_HEARTBEAT_INTERVAL")
     rescue_after: float = Field(default=20.0, gt=0, le=86400, alias="RUNNER_RESCUE_AFTER")
+    # Deadline of one heartbeat statement (None: min(5, heartbeat_interval), see
+    # ``heartbeat_deadline``): a heartbeat stuck on the network must give up, and try
+    # again, long before other daemons would take the silence for death.
+    heartbeat_timeout: float | None = Field(
+        default=None, gt=0, le=3600, alias="RUNNER_HEARTBEAT_TIMEOUT"
+    )
+    # How long a caller waits for a pooled connection (None: min(10, rescue_after / 2),
+    # see ``pool_timeout``).
+    db_pool_timeout: float | None = Field(
+        default=None, gt=0, le=3600, alias="RUNNER_DB_POOL_TIMEOUT"
+    )
+    # How long the daemon rides through an unreachable database (keeping its in-flight
+    # agents running) before it exits with a clear message.
+    db_outage_limit: float = Field(default=300.0, gt=0, le=86400, alias="RUNNER_DB_OUTAGE_LIMIT")
     # Retry backoff: about base, 2*base, 4*base ... capped, with +-25 % jitter.
     retry_base_delay: float = Field(default=1.0, ge=0, le=3600, alias="RUNNER_RETRY_BASE_DELAY")
     retry_max_delay: float = Field(default=60.0, ge=0, le=86400, alias="RUNNER_RETRY_MAX_DELAY")
@@ -80,6 +97,14 @@ class Settings(BaseSettings):
             raise ValueError("expected a libpq URI (postgresql://...) or key=value string")
         return value
 
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        # One message for every contradiction, so a fix is not followed by the next refusal.
+        problems = list(_contradictions(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def agent_view(self) -> AgentSettings:
         """What agents see of the settings (``ctx.settings``)."""
         return AgentSettings(
@@ -94,22 +119,111 @@ class Settings(BaseSettings):
         return self.db_pool_size or min(self.concurrency, 10) + 5
 
     @property
+    def pool_timeout(self) -> float:
+        """Seconds a caller waits for a pooled connection (``RUNNER_DB_POOL_TIMEOUT``)."""
+        if self.db_pool_timeout is not None:
+            return self.db_pool_timeout
+        return min(10.0, self.rescue_after / 2)
+
+    @property
+    def heartbeat_deadline(self) -> float:
+        """Seconds one heartbeat statement may take (``RUNNER_HEARTBEAT_TIMEOUT``)."""
+        if self.heartbeat_timeout is not None:
+            return self.heartbeat_timeout
+        return min(5.0, self.heartbeat_interval)
+
+    @property
     def metrics_host_port(self) -> tuple[str, int]:
         host, _, port = self.metrics_addr.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+def _contradictions(settings: Settings) -> Iterator[str]:
+    """Combinations that are each valid alone but cannot work together; each message
+    names both variables."""
+    beat, rescue = settings.heartbeat_interval, settings.rescue_after
+    if rescue < 3 * beat:
+        yield (f"RUNNER_RESCUE_AFTER ({rescue:g} s) must be at least three times "
+               f"RUNNER_HEARTBEAT_INTERVAL ({beat:g} s): a daemon one late heartbeat "
+               "behind would be declared dead and its work run twice")
+    if settings.pool_timeout >= rescue:
+        yield (f"RUNNER_DB_POOL_TIMEOUT ({settings.pool_timeout:g} s) must be below "
+               f"RUNNER_RESCUE_AFTER ({rescue:g} s): a daemon waiting for a connection "
+               "would be declared dead while it waits")
+    deadline = settings.heartbeat_deadline
+    if deadline >= rescue / 2:
+        yield (f"RUNNER_HEARTBEAT_TIMEOUT ({deadline:g} s) must be below half of "
+               f"RUNNER_RESCUE_AFTER ({rescue:g} s), so a stuck heartbeat is retried "
+               "before the daemon's work is rescued")
+    elif deadline > beat:
+        yield (f"RUNNER_HEARTBEAT_TIMEOUT ({deadline:g} s) must not exceed "
+               f"RUNNER_HEARTBEAT_INTERVAL ({beat:g} s): one slow heartbeat would delay "
+               "the next")
+    if settings.retry_base_delay > settings.retry_max_delay:
+        yield (f"RUNNER_RETRY_BASE_DELAY ({settings.retry_base_delay:g} s) must not exceed "
+               f"RUNNER_RETRY_MAX_DELAY ({settings.retry_max_delay:g} s)")
+    if settings.db_outage_limit < rescue:
+        yield (f"RUNNER_DB_OUTAGE_LIMIT ({settings.db_outage_limit:g} s) must be at least "
+               f"RUNNER_RESCUE_AFTER ({rescue:g} s): a daemon would give up on the database "
+               "sooner than the others give up on the daemon")
+
+
+# user:password@ in a URI. The password runs to the last "@" (it may hold a raw "@"),
+# so a redaction may hide more than the password, never less.
+_URI_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@]*):(?P<pw>.*)@")
+# password=... in a URI's query string, and in a libpq key=value string (maybe quoted).
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&#]*", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(
+    r"(?P<key>(?<![\w.])password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE
+)
+
+
+def redact_url(value: str) -> str:
+    """``value`` with any password it carries replaced by ``***``: a URI's
+    ``user:password@`` or ``?password=``, a libpq ``password=...`` keyword."""
+    if "://" in value:
+        value = _URI_PASSWORD.sub(r"\g<head>:***@", value, count=1)
+        return _QUERY_PASSWORD.sub(r"\g<key>***", value)
+    return _KEYWORD_PASSWORD.sub(r"\g<key>***", value)
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
+#: Variables whose values are never echoed, not even when refused.
+_SECRET_VARIABLES = frozenset(
+    field.alias for field in Settings.model_fields.values()
+    if field.alias and _is_secret(field.annotation)
+)
+
+
+def _shown(variable: str, value: object) -> str:
+    """How a refused value is quoted back: secrets not at all, URLs without password."""
+    if variable in _SECRET_VARIABLES or isinstance(value, SecretStr):
+        return ""
+    if isinstance(value, str):
+        value = redact_url(value)
+    return f" (got {value!r})"
 
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings, turning pydantic's report into one readable message.
 
     ``overrides`` are keyed by environment-variable name (the CLI passes its flags
-    this way), so a message always names the variable the user can fix.
+    this way), so a message always names the variable the user can fix. A
+    contradiction between variables (no location) names them itself, and never
+    quotes the input, which would be every setting, secrets included.
     """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]) or "settings"
-            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+            message = error["msg"].removeprefix("Value error, ")
+            if not error["loc"]:
+                problems.append(message)
+                continue
+            name = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{name}: {message}{_shown(name, error.get('input'))}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
