@@ -9,6 +9,17 @@ A retried task therefore never duplicates what a failed attempt "saved".
 Input the model got wrong (schema violations, an unknown company) goes back to it as
 an ``is_error`` tool result so it can correct itself; anything else a handler raises
 (a database outage) propagates and fails the attempt like any other error.
+
+Tenancy: a tool sees only the agent's organization (``ctx.agent.org_id``), because a
+prompt, or text injected into a page the model read, may ask for anything. In this
+schema companies are organization data, not a shared register: ``companies.org_id``
+says whose they are (an import loads the default organization's; the opportunity bot
+adds search hits to its stream's organization and searches only those), so every
+company read is filtered by it. Streams are filtered by ``streams.org_id``, and stream
+items through their stream. ``save_insight`` names only the organization's own stream
+and company and writes the agent's ``org_id``. Another organization's stream or company
+gets the same answer as one that does not exist ("no stream with id ..."), so the
+tools do not even reveal that it exists.
 """
 
 from __future__ import annotations
@@ -224,7 +235,8 @@ async def _list_companies(
 ) -> dict[str, Any]:
     async with ctx.connection() as conn:
         rows = await store.search_companies(
-            conn, name=None, sic_code=None, post_town=None, limit=args.limit, offset=args.offset
+            conn, org_id=ctx.agent.org_id, name=None, sic_code=None, post_town=None,
+            limit=args.limit, offset=args.offset,
         )
     return {"companies": rows, "count": len(rows), "offset": args.offset}
 
@@ -234,8 +246,8 @@ async def _search_companies(
 ) -> dict[str, Any]:
     async with ctx.connection() as conn:
         rows = await store.search_companies(
-            conn, name=args.name, sic_code=args.sic_code, post_town=args.post_town,
-            limit=args.limit,
+            conn, org_id=ctx.agent.org_id, name=args.name, sic_code=args.sic_code,
+            post_town=args.post_town, limit=args.limit,
         )
     return {"companies": rows, "count": len(rows)}
 
@@ -248,7 +260,7 @@ async def _get_company(
     except ValueError as exc:
         raise ToolError(str(exc)) from None
     async with ctx.connection() as conn:
-        row = await store.get_company(conn, number)
+        row = await store.get_company(conn, ctx.agent.org_id, number)
     if row is None:
         raise ToolError(f"no company with number {number}")
     return row
@@ -258,11 +270,11 @@ async def _list_stream_items(
     ctx: AgentContext, writes: PendingWrites, args: ListStreamItemsInput
 ) -> dict[str, Any]:
     async with ctx.connection() as conn:
-        if not await store.stream_exists(conn, args.stream_id):
+        if not await store.stream_exists(conn, ctx.agent.org_id, args.stream_id):
             raise ToolError(f"no stream with id {args.stream_id}")
         rows = await store.list_stream_items(
-            conn, stream_id=args.stream_id, min_quality_score=args.min_quality_score,
-            limit=args.limit,
+            conn, org_id=ctx.agent.org_id, stream_id=args.stream_id,
+            min_quality_score=args.min_quality_score, limit=args.limit,
         )
     return {"items": rows, "count": len(rows)}
 
@@ -276,14 +288,16 @@ async def _save_insight(
     # Checked now, while the model can still correct them: at commit time a bad id
     # would fail the whole run.
     async with ctx.connection() as conn:
-        if args.stream_id is not None and not await store.stream_exists(conn, args.stream_id):
+        if args.stream_id is not None and not await store.stream_exists(
+            conn, ctx.agent.org_id, args.stream_id
+        ):
             raise ToolError(f"no stream with id {args.stream_id}")
         if args.company_number is not None:
             try:
                 number = _company_number(args.company_number)
             except ValueError as exc:
                 raise ToolError(str(exc)) from None
-            company_id = await store.company_id_for_number(conn, number)
+            company_id = await store.company_id_for_number(conn, ctx.agent.org_id, number)
             if company_id is None:
                 raise ToolError(f"no company with number {number}")
     writes.insights.append({

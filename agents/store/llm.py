@@ -1,5 +1,10 @@
 """The SQL behind the LLM agent's built-in tools (``agents/tools.py``).
 
+Every read takes the calling agent's ``org_id`` and returns only that organization's
+rows: companies by ``companies.org_id``, streams by ``streams.org_id`` and stream items
+through their stream (the stream is the owner; an item's company must be the
+organization's too). Another organization's row reads exactly like a missing one.
+
 Reads are bounded (every list takes a ``limit`` the caller has already capped) and run
 on a connection the caller holds only for the statement: tools never keep one across
 a model call. The only write, :func:`insert_insights`, runs inside the executor's
@@ -36,13 +41,15 @@ def _like_pattern(text: str) -> str:
 async def search_companies(
     conn: Conn,
     *,
+    org_id: UUID,
     name: str | None,
     sic_code: str | None,
     post_town: str | None,
     limit: int,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Companies matching every filter given (none given: all), by name.
+    """The organization's companies matching every filter given (none given: all),
+    by name.
 
     ``sic_code`` must be digits (the tool validates it): it is used in a LIKE pattern.
     """
@@ -51,7 +58,8 @@ async def search_companies(
             f"""
             SELECT {_COMPANY_COLUMNS}
             FROM companies
-            WHERE (%(name)s::text IS NULL OR name ILIKE %(name)s)
+            WHERE org_id = %(org_id)s
+              AND (%(name)s::text IS NULL OR name ILIKE %(name)s)
               AND (%(sic_exact)s::text IS NULL OR sic_codes @> ARRAY[%(sic_exact)s::text])
               AND (%(sic_prefix)s::text IS NULL
                    OR EXISTS (SELECT 1 FROM unnest(sic_codes) AS code
@@ -61,6 +69,7 @@ async def search_companies(
             LIMIT %(limit)s OFFSET %(offset)s
             """,
             {
+                "org_id": org_id,
                 "name": None if name is None else _like_pattern(name),
                 # A full 5-digit code uses the GIN index on sic_codes; a shorter one is a
                 # prefix of the hierarchy ("62" finds 62011, 62012, 62020 ...).
@@ -77,32 +86,40 @@ async def search_companies(
         return await cur.fetchall()
 
 
-async def get_company(conn: Conn, company_number: str) -> dict[str, Any] | None:
+async def get_company(
+    conn: Conn, org_id: UUID, company_number: str
+) -> dict[str, Any] | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_COMPANY_COLUMNS} FROM companies WHERE company_number = %s",
-            (company_number,),
+            f"SELECT {_COMPANY_COLUMNS} FROM companies "
+            "WHERE org_id = %s AND company_number = %s",
+            (org_id, company_number),
         )
         return await cur.fetchone()
 
 
-async def company_id_for_number(conn: Conn, company_number: str) -> UUID | None:
+async def company_id_for_number(conn: Conn, org_id: UUID, company_number: str) -> UUID | None:
     cur = await conn.execute(
-        "SELECT id FROM companies WHERE company_number = %s", (company_number,)
+        "SELECT id FROM companies WHERE org_id = %s AND company_number = %s",
+        (org_id, company_number),
     )
     row = await cur.fetchone()
     return None if row is None else UUID(str(row[0]))
 
 
-async def stream_exists(conn: Conn, stream_id: UUID) -> bool:
-    cur = await conn.execute("SELECT 1 FROM streams WHERE id = %s", (stream_id,))
+async def stream_exists(conn: Conn, org_id: UUID, stream_id: UUID) -> bool:
+    """Whether the organization has this stream."""
+    cur = await conn.execute(
+        "SELECT 1 FROM streams WHERE id = %s AND org_id = %s", (stream_id, org_id)
+    )
     return await cur.fetchone() is not None
 
 
 async def list_stream_items(
-    conn: Conn, *, stream_id: UUID, min_quality_score: float | None, limit: int
+    conn: Conn, *, org_id: UUID, stream_id: UUID, min_quality_score: float | None, limit: int
 ) -> list[dict[str, Any]]:
-    """A stream's items, best first, with the company each one is about."""
+    """The items of one of the organization's streams, best first, with the company
+    each one is about (nothing for another organization's stream)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             """
@@ -111,13 +128,16 @@ async def list_stream_items(
                    c.id AS company_id, c.company_number, c.name, c.post_town,
                    c.sic_codes, c.employee_estimate, c.website, c.industry_description
             FROM stream_items i
+            JOIN streams s ON s.id = i.stream_id
             JOIN companies c ON c.id = i.company_id
             WHERE i.stream_id = %(stream)s
+              AND s.org_id = %(org_id)s
+              AND c.org_id = %(org_id)s
               AND (%(min)s::numeric IS NULL OR i.quality_score >= %(min)s)
             ORDER BY i.quality_score DESC NULLS LAST, i.position NULLS LAST, c.name
             LIMIT %(limit)s
             """,
-            {"stream": stream_id, "min": min_quality_score, "limit": limit},
+            {"org_id": org_id, "stream": stream_id, "min": min_quality_score, "limit": limit},
         )
         return await cur.fetchall()
 
