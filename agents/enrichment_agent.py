@@ -126,6 +126,7 @@ from agents.website import (
     analyse_page,
     fetch_page,
     is_fetchable_url,
+    website_client,
 )
 from runner.api import (
     AgentContext,
@@ -424,11 +425,10 @@ class EnrichmentAgent:
                 ctx.http, api_key=key, base_url=ctx.settings.companies_house_base_url,
                 observe=ctx.observe_http_call, policy=config.companies_house.policy(),
             )
-        # Websites get a client of their own: its cookie jar must not mix with the
-        # runner's shared client, and its pool is sized to our concurrency.
-        web = httpx.AsyncClient(
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=config.concurrency),
+        # Websites get a client of their own (agents.website.website_client: no proxy,
+        # no cookie jar, no kept connections), its pool sized to our concurrency.
+        web = website_client(
+            max_connections=config.concurrency, user_agent=USER_AGENT,
         ) if fetch_websites else None
         llm = LLMSession(ctx, policy=self._llm_policy) \
             if web is not None and config.llm_summaries and has_api_key(ctx.settings) else None

@@ -5,6 +5,14 @@ Bounds, because the URLs come from public registers and scraped lists and anythi
 sit behind them:
 
 * only ``http`` and ``https`` URLs, checked again on every redirect hop;
+* every hop's host is resolved once, *every* address it resolves to is checked (no
+  loopback, private, link-local, multicast, reserved or other non-public address, nor
+  an IPv6 form that carries one: NAT64, 6to4, IPv4-mapped, -compatible or -translated,
+  Teredo), and the connection goes to one of those checked addresses, with the original
+  ``Host`` header and TLS server name (SNI and certificate check), so a DNS answer that
+  changes after the check (DNS rebinding) is never used;
+* the client ignores ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY``: a proxy would make
+  its own lookup, after our check (use :func:`website_client`);
 * redirects are followed by hand, at most ``max_redirects`` hops (a loop ends there);
 * one overall deadline for the whole fetch (``timeout``), so a server that trickles
   bytes cannot keep a worker busy for longer than that;
@@ -38,10 +46,14 @@ hiring signal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import http.cookiejar
 import ipaddress
 import re
-from collections.abc import Callable
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, Literal
 from urllib.parse import urljoin, urlsplit
 
@@ -54,13 +66,17 @@ __all__ = [
     "SOCIAL_WEIGHTS",
     "FetchedPage",
     "PageAnalysis",
+    "Resolver",
     "WebsiteError",
     "analyse_page",
     "fetch_page",
     "hiring_links",
     "is_fetchable_url",
+    "non_public_reason",
+    "resolve_host",
     "social_links",
     "social_score",
+    "website_client",
 ]
 
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
@@ -68,6 +84,9 @@ _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _HTML_TYPES: Final = ("text/html", "application/xhtml+xml")
 
 ObserveCall = Callable[[str, str], None]
+#: ``resolve(host, port)`` -> the host's addresses, in the order to try them.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 WebsiteErrorKind = Literal[
     "invalid_url", "timeout", "too_many_redirects", "not_html", "http_error", "transport",
@@ -102,6 +121,189 @@ class FetchedPage:
         return next((value for key, value in self.headers if key == name), None)
 
 
+def website_client(
+    *,
+    max_connections: int = 10,
+    user_agent: str | None = None,
+    verify: ssl.SSLContext | bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The client :func:`fetch_page` needs: it ignores the proxy variables
+    (``trust_env=False``: a proxy would resolve the host again, after our check), keeps
+    no idle connection (the pool is keyed by the address connected to, and two sites on
+    one address must not share a connection made with the other's TLS name) and
+    no cookies (one site's cookies are never sent to another on the same address)."""
+    return httpx.AsyncClient(
+        headers={"User-Agent": user_agent} if user_agent else None,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
+        cookies=http.cookiejar.CookieJar(
+            policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
+        trust_env=False,
+        verify=verify,
+        transport=transport,
+    )
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """The system resolver's addresses for ``host``, in its order, without repeats."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# Ranges whose addresses carry an IPv4 address. The first group reaches that IPv4
+# address through a translator or relay, so it is as public as the IPv4 address is; the
+# second never names a web server in a DNS answer and is refused whatever it carries.
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
+_NAT64_LOCAL: Final = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215 local use
+_SIX_TO_FOUR: Final = ipaddress.IPv6Network("2002::/16")  # RFC 3056
+_TEREDO: Final = ipaddress.IPv6Network("2001::/32")  # RFC 4380
+_IPV4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")  # RFC 4291, deprecated
+_IPV4_TRANSLATED: Final = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """(form, the IPv4 address it carries) for a NAT64, local-use NAT64 or 6to4 address."""
+    packed = address.packed
+    if address in _NAT64:
+        return "NAT64", ipaddress.IPv4Address(packed[12:])
+    if address in _NAT64_LOCAL:
+        # RFC 6052 with a /48 prefix: the IPv4 address is bits 48-63 and 72-87 (the
+        # "u" octet, bits 64-71, is skipped).
+        return "local-use NAT64", ipaddress.IPv4Address(packed[6:8] + packed[9:11])
+    if address.sixtofour is not None:
+        return "6to4", address.sixtofour
+    return None
+
+
+def _tunnelled_ipv4(address: ipaddress.IPv6Address) -> tuple[str, str] | None:
+    """(form, what it carries) for the IPv6 forms refused whatever they carry."""
+    if address.ipv4_mapped is not None:
+        return "IPv4-mapped", str(address.ipv4_mapped)
+    if address in _IPV4_TRANSLATED:
+        return "IPv4-translated", str(ipaddress.IPv4Address(address.packed[12:]))
+    if address.teredo is not None:
+        server, client = address.teredo
+        return "Teredo", f"server {server}, client {client}"
+    if address in _IPV4_COMPATIBLE and int(address) > 1:  # not :: or ::1
+        return "IPv4-compatible", str(ipaddress.IPv4Address(address.packed[12:]))
+    return None
+
+
+def _plain_reason(address: IPAddress) -> str | None:
+    # ``is_global`` alone is not enough: multicast, site-local and some reserved
+    # ranges count as global to the ipaddress module.
+    for reason, hit in (
+        ("loopback", address.is_loopback),
+        ("unspecified", address.is_unspecified),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("site-local", isinstance(address, ipaddress.IPv6Address) and address.is_site_local),
+        ("not globally routable", not address.is_global),
+    ):
+        if hit:
+            return reason
+    return None
+
+
+def non_public_reason(address: IPAddress) -> str | None:
+    """Why a website fetch must not connect to ``address``, or None if it may."""
+    if isinstance(address, ipaddress.IPv6Address):
+        tunnelled = _tunnelled_ipv4(address)
+        if tunnelled is not None:
+            form, carried = tunnelled
+            return f"{form} address carrying {carried}"
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            form, ipv4 = embedded
+            inner = _plain_reason(ipv4)
+            # The embedded address decides: these prefixes themselves are not global.
+            return None if inner is None else f"{form} address of {inner} {ipv4}"
+    return _plain_reason(address)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Hop:
+    """One request's target: the URL as written and the checked addresses to try."""
+
+    url: httpx.URL
+    #: The name to send as TLS server name; None when the URL names an address.
+    server_name: str | None
+    addresses: tuple[str, ...]
+
+
+async def _resolve_hop(url: str, resolve: Resolver, allow_private_addresses: bool) -> _Hop:
+    """Resolve the URL's host once and check every address (unless private ones are
+    allowed): the request then connects to one of exactly these."""
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:  # ValueError: a bad IDNA label
+        raise WebsiteError("invalid_url", f"not a valid URL: {url!r} ({exc})") from None
+    addresses: Sequence[str]
+    server_name: str | None = None
+    try:
+        addresses = [str(ipaddress.ip_address(target.host))]
+    except ValueError:
+        server_name = target.raw_host.decode("ascii")
+    if server_name is not None:
+        port = target.port or (443 if target.scheme == "https" else 80)
+        try:
+            addresses = await resolve(server_name, port)
+        except OSError as exc:
+            raise WebsiteError(
+                "transport", f"{url}: cannot resolve {server_name!r}: {exc}") from None
+        if not addresses:
+            raise WebsiteError("transport", f"{url}: {server_name!r} resolves to no address")
+    try:
+        parsed = [ipaddress.ip_address(text) for text in addresses]
+    except ValueError as exc:
+        raise WebsiteError("transport", f"{url}: bad resolver answer: {exc}") from None
+    if not allow_private_addresses:
+        refused = [
+            f"{address}: {reason}" for address in parsed
+            if (reason := non_public_reason(address)) is not None
+        ]
+        if refused:
+            raise WebsiteError(
+                "blocked_address",
+                f"{url}: {target.host!r} resolves to a non-public address "
+                f"({'; '.join(refused)})",
+            )
+    return _Hop(target, server_name, tuple(str(address) for address in parsed))
+
+
+@contextlib.asynccontextmanager
+async def _open(
+    http: httpx.AsyncClient, hop: _Hop, deadline: float
+) -> AsyncIterator[httpx.Response]:
+    """GET the hop from its first checked address that accepts a connection."""
+    headers = {
+        "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1",
+        "Host": hop.url.netloc.decode("ascii"),
+    }
+    extensions = {"sni_hostname": hop.server_name} \
+        if hop.server_name is not None and hop.url.scheme == "https" else {}
+    refused: httpx.ConnectError | None = None
+    for address in hop.addresses:
+        request = http.build_request(
+            "GET", hop.url.copy_with(host=address), headers=headers, timeout=deadline,
+            extensions=extensions,
+        )
+        try:
+            response = await http.send(request, stream=True, follow_redirects=False)
+        except httpx.ConnectError as exc:
+            refused = exc
+            continue
+        try:
+            yield response
+        finally:
+            await response.aclose()
+        return
+    assert refused is not None  # there is at least one address
+    raise refused
+
+
 def is_fetchable_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
@@ -119,24 +321,32 @@ async def fetch_page(
     max_bytes: int = DEFAULT_MAX_BYTES,
     observe: ObserveCall | None = None,
     allow_private_addresses: bool = False,
+    resolve: Resolver = resolve_host,
 ) -> FetchedPage:
     """Fetch one page within the bounds above, or raise :class:`WebsiteError`.
 
+    ``http`` must come from :func:`website_client` (a client that reads the proxy
+    variables is refused with ``ValueError``).
+
     Website addresses come from imported data, so they are untrusted: unless
-    ``allow_private_addresses``, a host that resolves to a loopback, private,
-    link-local (cloud metadata), multicast or reserved address is refused, on every
-    redirect hop. (A DNS answer that changes between this check and httpx's own lookup
-    is not caught; an egress firewall is the complete answer to that.)
+    ``allow_private_addresses`` (tests, whose sites are on 127.0.0.1), a host with any
+    address for which :func:`non_public_reason` gives a reason is refused
+    (``blocked_address``), on every redirect hop. Either way each hop's host is
+    resolved once, by ``resolve``, and only those addresses are connected to.
 
     ``deadline`` bounds the whole fetch, redirects and body included, in seconds.
     ``observe(service, outcome)`` is called once per HTTP request made (each redirect
     hop is a request), with ``service="website"``."""
+    if http.trust_env:
+        raise ValueError("fetch_page needs a client that ignores proxy variables "
+                         "(agents.website.website_client)")
     if not is_fetchable_url(url):
         raise WebsiteError("invalid_url", f"not an http(s) URL: {url!r}")
     try:
         async with asyncio.timeout(deadline):
             return await _follow(
-                http, url, deadline, max_redirects, max_bytes, observe, allow_private_addresses
+                http, url, deadline, max_redirects, max_bytes, observe,
+                allow_private_addresses, resolve,
             )
     except TimeoutError:
         _observe(observe, "timeout")
@@ -151,21 +361,19 @@ async def _follow(
     max_bytes: int,
     observe: ObserveCall | None,
     allow_private_addresses: bool,
+    resolve: Resolver,
 ) -> FetchedPage:
     cookies: dict[str, str] = {}
     current = url
     for hop in range(max_redirects + 1):
-        if not allow_private_addresses:
-            await _refuse_non_public(current)
+        target_hop = await _resolve_hop(current, resolve, allow_private_addresses)
         try:
-            async with http.stream(
-                "GET", current, follow_redirects=False, timeout=deadline,
-                headers={"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"},
-            ) as response:
+            async with _open(http, target_hop, deadline) as response:
                 cookies.update(_set_cookies(response))
                 if response.status_code in _REDIRECT_STATUSES and "location" in response.headers:
                     _observe(observe, "ok")
-                    target = urljoin(str(response.url), response.headers["location"])
+                    # Relative to the URL as written: response.url names the address.
+                    target = urljoin(current, response.headers["location"])
                     if not is_fetchable_url(target):
                         raise WebsiteError(
                             "invalid_url", f"{current} redirects to a non-http(s) URL {target!r}"
@@ -186,7 +394,7 @@ async def _follow(
                 _observe(observe, "ok")
                 return FetchedPage(
                     requested_url=url,
-                    final_url=str(response.url),
+                    final_url=current,
                     status_code=response.status_code,
                     headers=tuple((k.lower(), v) for k, v in response.headers.multi_items()),
                     cookies=cookies,
@@ -200,25 +408,6 @@ async def _follow(
             _observe(observe, "error")
             raise WebsiteError("transport", f"{current}: {type(exc).__name__}: {exc}") from None
     raise WebsiteError("too_many_redirects", f"{url}: more than {max_redirects} redirects")
-
-
-async def _refuse_non_public(url: str) -> None:
-    host = urlsplit(url).hostname or ""
-    try:
-        literal = ipaddress.ip_address(host)
-        addresses = {literal}
-    except ValueError:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-        except OSError as exc:
-            raise WebsiteError("transport", f"{url}: cannot resolve {host!r}: {exc}") from None
-        addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
-    blocked = sorted(str(a) for a in addresses if not a.is_global)
-    if blocked:
-        raise WebsiteError(
-            "blocked_address",
-            f"{url}: {host!r} resolves to a non-public address ({', '.join(blocked)})",
-        )
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int) -> tuple[bytes, bool]:

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
+import shutil
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,9 +23,12 @@ from agents.website import (
     analyse_page,
     fetch_page,
     is_fetchable_url,
+    non_public_reason,
     social_links,
     social_score,
+    website_client,
 )
+from tests.standins.server import QuietHandler, QuietServer, serve_in_background
 from tests.standins.websites import WebsitesStandIn, running_websites
 
 # The stand-in sites listen on 127.0.0.1, which fetch_page refuses unless told otherwise
@@ -34,7 +44,7 @@ def sites() -> Iterator[WebsitesStandIn]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    async with website_client() as client:
         yield client
 
 
@@ -188,9 +198,241 @@ def test_share_buttons_and_bare_domains_are_not_profiles() -> None:
 
 
 async def test_private_addresses_are_refused_by_default() -> None:
-    async with httpx.AsyncClient() as http:
+    async with website_client() as http:
         for url in ("http://127.0.0.1:9/", "http://169.254.169.254/latest/meta-data/",
                     "http://10.0.0.1/", "http://[::1]/", "http://localhost/"):
             with pytest.raises(WebsiteError) as info:
                 await fetch_page(http, url)
             assert info.value.kind == "blocked_address", url
+
+
+# Addresses: resolved once, every one checked, the checked one connected to -----------
+
+
+class Resolver:
+    """A scripted DNS: ``answers[host]`` is the list of answers, one per lookup (the
+    last repeats), so a test can make a second lookup answer differently (rebinding)."""
+
+    def __init__(self, answers: dict[str, list[list[str]]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append((host, port))
+        answers = self.answers[host]
+        return answers[min(len(self.calls_for(host)) - 1, len(answers) - 1)]
+
+    def calls_for(self, host: str) -> list[tuple[str, int]]:
+        return [call for call in self.calls if call[0] == host]
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        # NAT64 (RFC 6052 well-known prefix, RFC 8215 local use) and 6to4 reach the IPv4
+        # address they carry: refused when that one is not public.
+        ("64:ff9b::a00:1", "NAT64 address of private 10.0.0.1"),
+        ("64:ff9b::7f00:1", "NAT64 address of loopback 127.0.0.1"),
+        ("64:ff9b::a9fe:a9fe", "NAT64 address of link-local 169.254.169.254"),
+        ("64:ff9b:1:a00:0:100::", "local-use NAT64 address of private 10.0.0.1"),
+        ("2002:a00:1::", "6to4 address of private 10.0.0.1"),
+        ("2002:c0a8:101::1", "6to4 address of private 192.168.1.1"),
+        # Forms that never name a web server: refused whatever they carry.
+        ("::ffff:10.0.0.1", "IPv4-mapped address carrying 10.0.0.1"),
+        ("::ffff:8.8.8.8", "IPv4-mapped address carrying 8.8.8.8"),
+        ("::10.0.0.1", "IPv4-compatible address carrying 10.0.0.1"),
+        ("::ffff:0:a00:1", "IPv4-translated address carrying 10.0.0.1"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2",
+         "Teredo address carrying server 65.54.227.120, client 192.0.2.45"),
+        # The plain ranges, including those ipaddress counts as global.
+        ("127.0.0.1", "loopback"), ("::1", "loopback"),
+        ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+        ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+        ("224.0.0.1", "multicast"), ("ff0e::1", "multicast"),
+        ("10.1.2.3", "private"), ("fd00::1", "private"),
+        ("fec0::1", "site-local"),
+        ("100.64.0.1", "not globally routable"),
+    ],
+)
+async def test_non_public_and_embedded_private_addresses_are_refused(
+    address: str, reason: str,
+) -> None:
+    assert non_public_reason(ipaddress.ip_address(address)) == reason
+    resolve = Resolver({"site.test": [[address]]})
+    host = f"[{address}]" if ":" in address else address
+    async with website_client() as http:
+        for url in (f"http://{host}/", "https://site.test/"):
+            with pytest.raises(WebsiteError) as caught:
+                await fetch_page(http, url, resolve=resolve)
+            assert caught.value.kind == "blocked_address"
+            assert f"{ipaddress.ip_address(address)}: {reason}" in str(caught.value), url
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "64:ff9b:1:808:8:800::",
+                                     "2002:808:808::1", "93.184.216.34", "2606:4700::1111"])
+def test_public_addresses_and_their_translations_are_allowed(address: str) -> None:
+    assert non_public_reason(ipaddress.ip_address(address)) is None
+
+
+async def test_every_resolved_address_is_checked() -> None:
+    resolve = Resolver({"mixed.test": [["93.184.216.34", "10.0.0.1", "64:ff9b::7f00:1"]]})
+    async with website_client() as http:
+        with pytest.raises(WebsiteError) as caught:
+            await fetch_page(http, "http://mixed.test/", resolve=resolve)
+    assert caught.value.kind == "blocked_address"
+    assert str(caught.value) == (
+        "http://mixed.test/: 'mixed.test' resolves to a non-public address "
+        "(10.0.0.1: private; 64:ff9b::7f00:1: NAT64 address of loopback 127.0.0.1)")
+    assert resolve.calls == [("mixed.test", 80)]
+
+
+class _Recorded(list[tuple[str, str | None]]):
+    """(path, Host header) of each request a stand-in received."""
+
+
+class _HostsHandler(QuietHandler):
+    """``/a`` redirects to ``other.test`` by absolute URL, ``/b`` to ``/c`` (relative),
+    ``/c`` is a page."""
+
+    def do_GET(self) -> None:
+        state: dict[str, Any] = self.server.state
+        state["requests"].append((self.path, self.headers.get("Host")))
+        port = self.server.server_address[1]
+        location = {"/a": f"http://other.test:{port}/b", "/b": "/c"}.get(self.path)
+        body = b"<html><body>hello</body></html>"
+        self.send_response(302 if location else 200)
+        if location:
+            self.send_header("Location", location)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", "0" if location else str(len(body)))
+        self.end_headers()
+        if not location:
+            self.wfile.write(body)
+
+
+async def test_each_hop_resolves_once_and_connects_to_that_address() -> None:
+    # One answer per hop is the stand-in; any lookup past that answers an address where
+    # nothing listens. The hosts do not exist in real DNS either: only the addresses
+    # resolved (once per hop) and checked can have been connected to.
+    state: dict[str, Any] = {"requests": _Recorded()}
+    with serve_in_background(_HostsHandler, state) as url:
+        port = int(url.rsplit(":", 1)[1])
+        resolve = Resolver({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]],
+                            "other.test": [["127.0.0.1"], ["127.0.0.1"], ["127.0.0.2"]]})
+        async with website_client() as http:
+            page = await fetch_page(http, f"http://rebind.test:{port}/a", resolve=resolve,
+                                    allow_private_addresses=True)
+    assert page.status_code == 200 and page.redirects == 2
+    assert page.final_url == f"http://other.test:{port}/c"
+    assert resolve.calls == [("rebind.test", port), ("other.test", port), ("other.test", port)]
+    # Every request carried the name it was for, not the address it went to.
+    assert state["requests"] == [("/a", f"rebind.test:{port}"), ("/b", f"other.test:{port}"),
+                                 ("/c", f"other.test:{port}")]
+
+
+async def test_the_checked_public_address_is_the_one_requested() -> None:
+    # No public server is reachable from the tests, so the transport records the request
+    # instead: it goes to the address that passed the check, though a second lookup would
+    # now say 127.0.0.1, and names the host in its Host header and TLS server name.
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"Content-Type": "text/html"}, html="<p>hi</p>")
+
+    resolve = Resolver({"www.example.test": [["93.184.216.34"], ["127.0.0.1"]]})
+    async with website_client(transport=httpx.MockTransport(answer)) as http:
+        page = await fetch_page(http, "https://www.example.test/about", resolve=resolve)
+    assert page.final_url == "https://www.example.test/about"
+    [request] = seen
+    assert str(request.url) == "https://93.184.216.34/about"
+    assert request.headers["Host"] == "www.example.test"
+    assert request.extensions["sni_hostname"] == "www.example.test"
+    assert resolve.calls == [("www.example.test", 443)]
+
+
+@pytest.fixture(scope="module")
+def tls_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path, list[str]]]:
+    """An HTTPS site on 127.0.0.1 whose certificate names only ``site.test``: (port,
+    the certificate to trust, the server names clients sent)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=site.test",
+         "-addext", "subjectAltName=DNS:site.test"],
+        check=True, capture_output=True,
+    )
+    names: list[str] = []
+
+    def record_server_name(_sock: Any, name: str | None, _context: ssl.SSLContext) -> None:
+        names.append(str(name))
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = record_server_name
+    state: dict[str, Any] = {"requests": _Recorded()}
+    server = QuietServer(("127.0.0.1", 0), _HostsHandler)
+    server.state = state
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], cert, names
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+async def test_https_to_the_checked_address_uses_the_host_name_for_tls(
+    tls_site: tuple[int, Path, list[str]],
+) -> None:
+    port, cert, names = tls_site
+    trust = ssl.create_default_context(cafile=str(cert))
+    resolve = Resolver({"site.test": [["127.0.0.1"], ["127.0.0.2"]]})
+    async with website_client(verify=trust) as http:
+        page = await fetch_page(http, f"https://site.test:{port}/c", resolve=resolve,
+                                allow_private_addresses=True)
+        assert page.status_code == 200 and "hello" in page.html
+        # The certificate was checked against the name, not the address connected to.
+        assert names[-1:] == ["site.test"]
+        with pytest.raises(WebsiteError) as caught:
+            await fetch_page(http, f"https://127.0.0.1:{port}/c", allow_private_addresses=True)
+    assert caught.value.kind == "transport" and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+
+
+class _ProxyHandler(QuietHandler):
+    """A forward proxy that records what it was asked for and forwards nothing."""
+
+    def do_GET(self) -> None:
+        self.server.state.append(self.path)
+        self.send_response(502)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+async def test_proxy_variables_do_not_affect_fetches(
+    sites: WebsitesStandIn, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxied: list[str] = []
+    with serve_in_background(_ProxyHandler, proxied) as proxy:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy)
+            monkeypatch.setenv(name.lower(), proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        # The variables are live: a client that reads them goes to the proxy ...
+        async with httpx.AsyncClient() as trusting:
+            assert (await trusting.get(sites.site_url("plain"))).status_code == 502
+            assert proxied == [sites.site_url("plain")]
+            # ... and fetch_page refuses such a client outright.
+            with pytest.raises(ValueError, match="ignores proxy variables"):
+                await fetch_local(trusting, sites.site_url("plain"))
+        async with website_client() as http:
+            page = await fetch_local(http, sites.site_url("plain"))
+    assert page.status_code == 200 and "We make things" in page.html
+    assert proxied == [sites.site_url("plain")]  # the fetch did not go through it
