@@ -35,7 +35,13 @@ from runner.api import (
     add_json_flag,
     positive_int,
 )
-from runner.errors import CommandFailed, EmbeddedPostgresError, SchemaError, UsageError
+from runner.errors import (
+    CommandFailed,
+    DatabaseUnreachable,
+    EmbeddedPostgresError,
+    SchemaError,
+    UsageError,
+)
 from runner.migrate import check_schema_current, migrate
 from runner.plugins import InvalidPayload, Registry, UnknownAgentType, load_registry
 from runner.settings import Settings, SettingsError, load_settings
@@ -200,12 +206,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from runner.daemon import Daemon
 
     logs.configure(settings.log_format, settings.log_level)
-    if settings.database_url:
-        try:
-            check_schema_current(settings.database_url)
-        except SchemaError as exc:
-            raise CommandFailed(str(exc)) from None
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
+    # The daemon waits for a database that is not up yet (RUNNER_DB_OUTAGE_LIMIT), then
+    # refuses a schema that does not fit this build before it registers.
     with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
         return asyncio.run(Daemon(settings, url).run())
 
@@ -780,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"agent-runner: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (CommandFailed, SchemaError) as exc:
+    except (CommandFailed, SchemaError, DatabaseUnreachable) as exc:
         print(f"agent-runner: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except psycopg.Error as exc:

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -33,17 +34,21 @@ from typing import Any, Final
 import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from runner import __version__, metrics, sdnotify, sidetasks
 from runner.delivery import Delivery
+from runner.errors import DatabaseUnreachable
 from runner.executor import Executor
-from runner.http import MetricsServer, postgres_health_check
+from runner.http import MetricsServer
+from runner.migrate import check_schema_current
 from runner.outcomes import StopReason
 from runner.plugins import Registry, load_registry
 from runner.scheduler import scheduler_side_task
 from runner.settings import Settings
 from runner.store import Conn, agent_types, channels
 from runner.store import daemons as store
+from runner.store.text import make_storable
 
 logger = logging.getLogger("runner.daemon")
 
@@ -56,8 +61,77 @@ SideTask = Callable[["Daemon"], Coroutine[Any, Any, None]]
 async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
     """Pooled connections run in autocommit: single statements (procrastinate's fetch,
     the claim, the finish) then cost one round trip instead of BEGIN/…/COMMIT, and
-    multi-statement writes say so with ``conn.transaction()``."""
+    multi-statement writes say so with ``conn.transaction()``. Every text and JSON value
+    they send has its NUL characters removed (Postgres refuses them)."""
     await conn.set_autocommit(True)
+    make_storable(conn)
+
+
+class _ReconnectSoon(AttemptWithBackoff):
+    """psycopg_pool's reconnection backoff doubles without a cap (1, 2, 4 ... 128 s
+    within its timeout): after an outage of a minute the pool would stay empty for
+    another minute. Capped, it reconnects within seconds of the database's return."""
+
+    MAX_DELAY: Final = 2.0
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.MAX_DELAY)
+
+
+class DaemonPool(AsyncConnectionPool):
+    """The daemon's pool: reconnects soon after an outage (see :class:`_ReconnectSoon`;
+    it hooks a private method of the pinned psycopg_pool)."""
+
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None = None, growing: bool = False
+    ) -> None:
+        if attempt is None:
+            attempt = _ReconnectSoon(timeout=self.reconnect_timeout)
+        await super()._add_connection(attempt, growing=growing)
+
+
+class DatabaseHealth:
+    """Whether the database answers, as this daemon's heartbeats find it."""
+
+    def __init__(self, *, outage_limit: float, stale_after: float) -> None:
+        self.outage_limit = outage_limit
+        self.stale_after = stale_after
+        self.ok_at = time.monotonic()
+        self.down_since: float | None = None
+        self.last_error = ""
+
+    def ok(self) -> None:
+        now = time.monotonic()
+        if self.down_since is not None:
+            logger.warning("database_reachable", extra={
+                "down_seconds": round(now - self.down_since, 2)})
+        self.down_since = None
+        self.ok_at = now
+
+    def failed(self, exc: BaseException) -> None:
+        """Note a failure; raise :class:`DatabaseUnreachable` once the database has
+        been away longer than the outage limit."""
+        now = time.monotonic()
+        self.last_error = str(exc).strip() or type(exc).__name__
+        if self.down_since is None:
+            self.down_since = now
+            logger.warning("database_unreachable", extra={
+                "error": self.last_error, "exit_after_seconds": self.outage_limit})
+        if now - self.down_since >= self.outage_limit:
+            raise DatabaseUnreachable(
+                f"the database has been unreachable for {now - self.down_since:.0f} s "
+                f"(RUNNER_DB_OUTAGE_LIMIT={self.outage_limit:g}); last error: "
+                f"{self.last_error}")
+
+    def problem(self) -> str | None:
+        """Why the daemon is unhealthy, or None."""
+        if self.down_since is not None:
+            return f"database unreachable for {time.monotonic() - self.down_since:.0f} s"
+        age = time.monotonic() - self.ok_at
+        if age > self.stale_after:
+            return f"no heartbeat for {age:.0f} s"
+        return None
 
 
 class Daemon:
@@ -79,6 +153,10 @@ class Daemon:
         self.executor: Executor | None = None
         self.delivery: Delivery | None = None
         self.metrics_server: MetricsServer | None = None
+        self.database = DatabaseHealth(
+            outage_limit=settings.db_outage_limit,
+            stale_after=max(3 * settings.heartbeat_interval, settings.heartbeat_deadline * 2))
+        self._heartbeat_conn: psycopg.AsyncConnection[Any] | None = None
 
     # -- signals -------------------------------------------------------------------------
 
@@ -104,30 +182,67 @@ class Daemon:
     # -- side tasks: one step each -------------------------------------------------------
 
     async def heartbeat_once(self) -> None:
-        assert self.pool is not None
-        in_flight = self.executor.in_flight if self.executor else 0
-        async with self.pool.connection() as conn:
-            alive = await store.heartbeat(
-                conn, daemon_id=self.id, in_flight=in_flight, stopping=self.stopping
-            )
-            if not alive:
-                # Another daemon presumed us dead and removed our row; our running
-                # attempts were rescued (their finishes will be fenced). Come back.
-                logger.warning("daemon_row_missing_reregistering")
-                await self._register(conn)
+        """Prove this daemon alive on its own connection, within the heartbeat
+        deadline (a busy pool must never make a working daemon look dead). Connection
+        trouble is the database's health, judged here: past ``RUNNER_DB_OUTAGE_LIMIT``
+        the daemon exits with :class:`DatabaseUnreachable`."""
+        running = self.executor.running_task_ids() if self.executor else []
+        try:
+            async with asyncio.timeout(self.settings.heartbeat_deadline):
+                conn = await self._heartbeat_connection()
+                beat = await store.heartbeat(
+                    conn, daemon_id=self.id, running=running, stopping=self.stopping)
+                if not beat.registered:
+                    # Another daemon presumed us dead and removed our row; our running
+                    # attempts were rescued (their finishes will be fenced). Come back.
+                    logger.warning("daemon_row_missing_reregistering")
+                    await self._register(conn)
+        except sidetasks.TRANSIENT_ERRORS as exc:
+            await self._drop_heartbeat_connection()
+            self.database.failed(exc)
+            return
+        self.database.ok()
+        for task_id in beat.cancel_requested:
+            # The abort notification did not reach this attempt (its worker was
+            # restarted, or the notification was lost): cancel it from here.
+            if self.executor is not None and self.executor.cancel(task_id,
+                                                                  StopReason.USER_CANCEL):
+                logger.info("attempt_cancel_from_heartbeat", extra={"task_id": str(task_id)})
         metrics.heartbeat()
         sdnotify.watchdog()
 
+    async def _heartbeat_connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._heartbeat_conn is None or self._heartbeat_conn.closed:
+            self._heartbeat_conn = await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True,
+                connect_timeout=max(1, int(self.settings.heartbeat_deadline)))
+        return self._heartbeat_conn
+
+    async def _drop_heartbeat_connection(self) -> None:
+        conn, self._heartbeat_conn = self._heartbeat_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
     async def rescue_once(self) -> list[store.Rescued]:
+        """Rescue orphaned attempts, then give pending tasks stranded without a
+        delivery job a fresh one (see sql/0007_nothing_stranded.sql)."""
         assert self.pool is not None
         async with self.pool.connection() as conn:
             rescued = await store.rescue_orphans(conn, min_age_seconds=1.0)
+            redelivered = await store.reconcile_pending(
+                conn, stalled_after_seconds=self.settings.rescue_after)
         for item in rescued:
             logger.warning(
                 "attempt_rescued",
                 extra={"task_id": str(item.task_id), "execution_id": str(item.execution_id),
-                       "requeued": item.requeued},
+                       "outcome": item.outcome},
             )
+        for stranded in redelivered:
+            logger.warning("task_redelivered", extra={
+                "task_id": str(stranded.task_id), "previous_job": stranded.previous_job_status})
+        if redelivered and self.delivery is not None:
+            self.delivery.wake_after(0)
         if rescued:
             metrics.rescued(len(rescued))
         return rescued
@@ -207,12 +322,21 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop)
         settings = self.settings
-        pool = AsyncConnectionPool(
+        pool = DaemonPool(
             self.conninfo, min_size=2, max_size=settings.pool_size, open=False,
-            name="agent-runner", configure=_autocommit,
+            name="agent-runner", configure=_autocommit, timeout=settings.pool_timeout,
+            reconnect_timeout=settings.db_outage_limit,
+            # A connection that broke while idle (a restart, a failover) is replaced
+            # at checkout instead of failing its first statement.
+            check=AsyncConnectionPool.check_connection,
         )
-        await pool.open(wait=True, timeout=30)
+        await pool.open(wait=False)
         self.pool = pool
+        try:
+            await self._wait_for_database(pool)
+        except BaseException:
+            await pool.close()
+            raise
         http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0),
                                  follow_redirects=True)
         try:
@@ -222,11 +346,11 @@ class Daemon:
             )
             self.delivery = Delivery(
                 self.executor, settings, name=f"agent-runner-{str(self.id)[:8]}",
-                stop_reason=self._stop_reason,
+                stop_reason=self._stop_reason, stopping=lambda: self.stopping,
             )
             await self.delivery.open(pool)
             host, port = settings.metrics_host_port
-            self.metrics_server = MetricsServer(postgres_health_check(pool), host=host, port=port)
+            self.metrics_server = MetricsServer(self._health, host=host, port=port)
             await self.metrics_server.start()
             async with pool.connection() as conn:
                 # The types this daemon can run become creatable (CONTRACT.md).
@@ -238,6 +362,7 @@ class Daemon:
         finally:
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
+            await self._drop_heartbeat_connection()
             await http.aclose()
             with contextlib.suppress(Exception):
                 async with pool.connection(timeout=5) as conn:
@@ -246,6 +371,30 @@ class Daemon:
             if install_signal_handlers:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
+
+    async def _wait_for_database(self, pool: AsyncConnectionPool) -> None:
+        """Wait until the database answers (a daemon may start before it), up to
+        ``RUNNER_DB_OUTAGE_LIMIT``; then check that its schema fits this build."""
+        failures = 0
+        while True:
+            try:
+                # A direct probe says at once when the server is down; then the pool.
+                probe = await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=5)
+                await probe.close()
+                await pool.wait(timeout=10.0)
+                await asyncio.to_thread(check_schema_current, self.conninfo)
+                break
+            except sidetasks.TRANSIENT_ERRORS as exc:
+                self.database.failed(exc)
+                failures += 1
+                await asyncio.sleep(sidetasks.DEFAULT_POLICY.delay(failures))
+        self.database.ok()
+
+    async def _health(self) -> None:
+        """``/healthz``: the daemon's own recent heartbeat, no pool connection taken."""
+        problem = self.database.problem()
+        if problem is not None:
+            raise RuntimeError(problem)
 
     async def _supervise(self) -> int:
         assert self.delivery is not None and self.metrics_server is not None
@@ -262,8 +411,11 @@ class Daemon:
         if worker_task not in done:
             for task in done:
                 exc = task.exception()
-                logger.error("side_task_died", extra={"side_task": task.get_name(),
-                                                      "error": repr(exc)})
+                if isinstance(exc, DatabaseUnreachable):
+                    logger.error("daemon_exiting", extra={"reason": str(exc)})
+                else:
+                    logger.error("side_task_died", extra={"side_task": task.get_name(),
+                                                          "error": repr(exc)})
             exit_code = 1
             self.delivery.stop()
         # Wait without re-raising: a worker that crashed is logged and exits 1 below.

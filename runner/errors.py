@@ -17,6 +17,7 @@ Callers catch by type, never by message. The tree::
     ├── SchemaError              the database's schema does not fit this build
     │   ├── SchemaBehind         migrations this build needs are not applied
     │   └── MigrationChanged     a landed migration was edited after it was applied
+    ├── DatabaseUnreachable      away longer than RUNNER_DB_OUTAGE_LIMIT: the daemon exits
     ├── EmbeddedPostgresError    the embedded server could not start or stop
     └── CommandError             an admin command ends with a message (runner.cli)
         ├── CommandFailed        exit 1
@@ -109,6 +110,10 @@ class SchemaBehind(SchemaError):
 
 class MigrationChanged(SchemaError):
     """A migration file differs from the one applied under its number."""
+
+
+class DatabaseUnreachable(RunnerError):
+    """The database stayed unreachable longer than ``RUNNER_DB_OUTAGE_LIMIT``."""
 
 
 class EmbeddedPostgresError(RunnerError, RuntimeError):

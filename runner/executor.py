@@ -16,14 +16,14 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from runner import metrics
+from runner import metrics, sidetasks
 from runner.api import Agent, AgentResult, CommitHook, backoff_delay
 from runner.context import AttemptContext
 from runner.errors import AgentOutcomeError, AgentResolutionError, FailPermanently, Fenced
@@ -41,6 +41,8 @@ from runner.store import attempts as store
 
 logger = logging.getLogger("runner.executor")
 
+T = TypeVar("T")
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AttemptReport:
@@ -51,9 +53,7 @@ class AttemptReport:
     ended_delivery_job: bool
     #: seconds until the task is due again, when it was re-queued with a delay
     due_again_in: float | None = None
-
-
-_SKIPPED = AttemptReport(Outcome.SKIPPED, ended_delivery_job=False)
+    job_id: int | None = None
 
 
 def retry_delay(retry_number: int, *, base: float, cap: float) -> float:
@@ -77,11 +77,27 @@ class Executor:
         self._registry = registry
         self._http = http
         self._daemon_id = daemon_id
+        self._db_policy = sidetasks.TransientPolicy(give_up_after=settings.db_outage_limit)
+        #: the attempt tasks this executor runs, by task id
         self.running: dict[UUID, asyncio.Task[Any]] = {}
+        #: why an attempt was cancelled through :meth:`cancel`
+        self._cancel_reasons: dict[UUID, StopReason] = {}
 
     @property
     def in_flight(self) -> int:
         return len(self.running)
+
+    def running_task_ids(self) -> list[UUID]:
+        return list(self.running)
+
+    def cancel(self, task_id: UUID, reason: StopReason) -> bool:
+        """Cancel a running attempt from outside; it records ``reason``'s finish."""
+        running = self.running.get(task_id)
+        if running is None:
+            return False
+        self._cancel_reasons.setdefault(task_id, reason)
+        running.cancel()
+        return True
 
     async def run_job(
         self,
@@ -89,20 +105,20 @@ class Executor:
         job_id: int,
         stop_reason: Callable[[], StopReason | None] = lambda: None,
     ) -> AttemptReport:
-        """Run the attempt carried by delivery job ``job_id``.
+        """Run the attempt carried by delivery job ``job_id``, to its recorded end.
 
         ``stop_reason`` tells, when the attempt is cancelled from outside, whether an
-        operator cancelled the task or the daemon is shutting down. Such a cancellation
-        is re-raised once the attempt's end is recorded, so that the delivery engine
-        records the job as aborted.
+        operator cancelled the task or the daemon is shutting down; the attempt then
+        records that end (cancelled, or handed back) and returns it. The claim and the
+        finish are shielded from cancellation: neither is abandoned half way, and
+        connection trouble is retried while the database is away (up to
+        ``RUNNER_DB_OUTAGE_LIMIT``).
         """
-        async with self._pool.connection() as conn:
-            claimed = await store.start_attempt(
-                conn, task_id=task_id, job_id=job_id, daemon_id=self._daemon_id
-            )
+        claimed, cancelled = await self._shielded(sidetasks.retry_transient(
+            lambda: self._claim(task_id, job_id), "attempt_claim", self._db_policy))
         if claimed is None:
             logger.info("attempt_skipped", extra={"task_id": str(task_id), "job_id": job_id})
-            return _SKIPPED
+            return AttemptReport(Outcome.SKIPPED, ended_delivery_job=False, job_id=job_id)
         attempt, agent_active = claimed
         agent_type = attempt.agent.agent_type
         wait = max(0.0, (attempt.started_at - attempt.scheduled_for).total_seconds())
@@ -113,9 +129,11 @@ class Executor:
         metrics.set_in_flight(self.in_flight)
         began = time.monotonic()
         try:
-            report = await self._run_and_record(attempt, agent_active, stop_reason)
+            report = await self._run_and_record(
+                attempt, agent_active, stop_reason, cancelled_while_claiming=cancelled)
         finally:
             self.running.pop(task_id, None)
+            self._cancel_reasons.pop(task_id, None)
             metrics.set_in_flight(self.in_flight)
         metrics.attempt_finished(
             agent_type=agent_type, outcome=report.outcome,
@@ -123,16 +141,42 @@ class Executor:
         )
         return report
 
+    async def _claim(
+        self, task_id: UUID, job_id: int
+    ) -> tuple[store.StartedAttempt, bool] | None:
+        async with self._pool.connection() as conn:
+            return await store.start_attempt(
+                conn, task_id=task_id, job_id=job_id, daemon_id=self._daemon_id
+            )
+
+    @staticmethod
+    async def _shielded(step: Awaitable[T]) -> tuple[T, bool]:
+        """Run ``step`` to its end even if we are cancelled meanwhile: a claim or a
+        finish is never abandoned half way. Returns its result and whether a
+        cancellation arrived meanwhile (consumed here; the caller decides)."""
+        task = asyncio.ensure_future(step)
+        try:
+            return await asyncio.shield(task), False
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                while current.uncancel():
+                    pass
+            return await task, True
+
     async def _run_and_record(
         self,
         attempt: store.StartedAttempt,
         agent_active: bool,
         stop_reason: Callable[[], StopReason | None],
+        *,
+        cancelled_while_claiming: bool = False,
     ) -> AttemptReport:
         context: AttemptContext | None = None
         commit_hook: CommitHook | None = None
-        cancelled_from_outside = False
         try:
+            if cancelled_while_claiming:
+                raise asyncio.CancelledError
             agent, payload = self._resolve(attempt, agent_active)
             context = await self._context(attempt)
             result = await self._run_agent(agent, context, payload, attempt)
@@ -141,8 +185,8 @@ class Executor:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
-                current.uncancel()
-            cancelled_from_outside = True
+                while current.uncancel():
+                    pass
             finish = finish_for_stop(await self._stop_reason(attempt, stop_reason()))
         except Exception as exc:
             if not isinstance(exc, AgentOutcomeError | AgentResolutionError | TimeoutError):
@@ -152,15 +196,11 @@ class Executor:
                 exc, self._retry_budget(attempt), timeout_seconds=attempt.agent.timeout_seconds)
         if context is not None:
             finish = finish.with_metrics(context.execution_metrics())
-        # When the attempt ends normally its finish also ends the delivery job, saving
-        # the engine's own finish transaction; a cancellation from outside is re-raised
-        # below and the engine records the job as aborted itself.
-        outcome = await self._record(
-            attempt, finish, commit_hook, finish_job=not cancelled_from_outside
-        )
-        if cancelled_from_outside and outcome.outcome is not Outcome.FENCED:
-            raise asyncio.CancelledError
-        return outcome
+        # The finish also ends the delivery job (one transaction saved per attempt). A
+        # cancellation that arrives while the end is being written is moot: the
+        # attempt has ended, and its end (completed work included) is kept.
+        report, _ = await self._shielded(self._record(attempt, finish, commit_hook))
+        return report
 
     def _resolve(self, attempt: store.StartedAttempt, agent_active: bool) -> tuple[Agent, Any]:
         """The agent for the task's type and its validated payload."""
@@ -198,6 +238,9 @@ class Executor:
     ) -> StopReason:
         """Why we were cancelled: the delivery engine knows when it aborted the job; a
         bare cancellation is an operator's cancel if the task asks for one, else a stop."""
+        explicit = self._cancel_reasons.get(attempt.task_id)
+        if explicit is not None:
+            return explicit
         if reason is not None:
             return reason
         async with self._pool.connection() as conn:
@@ -215,50 +258,61 @@ class Executor:
         )
 
     async def _record(
-        self,
-        attempt: store.StartedAttempt,
-        finish: Finish,
-        commit_hook: CommitHook | None,
-        *,
-        finish_job: bool,
+        self, attempt: store.StartedAttempt, finish: Finish, commit_hook: CommitHook | None,
+        *, fallback: bool = True,
     ) -> AttemptReport:
+        """Write the attempt's end (fenced). Connection trouble is retried until the
+        database is back; an end the database refuses is recorded as a failed attempt
+        instead, so that it is never left for the rescuer."""
         try:
-            # Dependents are enqueued by a trigger on agent_tasks (sql/0005) inside the
-            # same statement that completes the task, so they commit with it.
-            async with self._pool.connection() as conn:
-                if commit_hook is None or finish.outcome is not Outcome.COMPLETED:
-                    # The finish alone is one atomic statement: no BEGIN/COMMIT needed.
-                    await store.finish_attempt(conn, attempt, finish, finish_job=finish_job)
-                else:
-                    async with conn.transaction():
-                        # Ownership first: a fenced attempt writes nothing at all. The
-                        # hook then runs before the finish so that figures it returns
-                        # land in the stored output.
-                        await store.lock_owned_task(conn, attempt)
-                        extra = await commit_hook(conn)
-                        if extra:
-                            finish = finish.with_output(extra)
-                        await store.finish_attempt(
-                            conn, attempt, finish, finish_job=finish_job)
+            finish = await sidetasks.retry_transient(
+                lambda: self._write(attempt, finish, commit_hook), "attempt_finish",
+                self._db_policy)
         except Fenced as exc:
             logger.warning("attempt_fenced", extra={"task_id": str(attempt.task_id),
                                                     "reason": str(exc)})
-            return AttemptReport(Outcome.FENCED, ended_delivery_job=False)
+            return AttemptReport(Outcome.FENCED, ended_delivery_job=False,
+                                 job_id=attempt.job_id)
+        except sidetasks.TRANSIENT_ERRORS:
+            raise
         except Exception as exc:
-            if finish.outcome is not Outcome.COMPLETED:
-                raise
-            # The agent's writes failed to commit: nothing of the attempt landed, so
-            # record it as a failed attempt instead (retried while retries remain).
-            logger.exception("commit_failed", extra={"task_id": str(attempt.task_id)})
+            if not fallback:
+                raise  # the failure could not be written either: the rescuer's turn
+            # The end could not be written (the agent's writes failed, or a value the
+            # database refuses): nothing of it landed, so record a failed attempt
+            # instead, retried while retries remain.
+            logger.exception("finish_failed", extra={"task_id": str(attempt.task_id)})
             failure = self._retry_budget(attempt).retry_or_fail(
                 f"writing results failed: {type(exc).__name__}: {exc}",
                 delay=None, timed_out=False,
             )
             return await self._record(
-                attempt, failure.with_metrics(finish.metrics), None, finish_job=finish_job)
+                attempt, failure.with_metrics(finish.metrics), None, fallback=False)
         return AttemptReport(
             finish.outcome,
-            ended_delivery_job=finish_job and finish.outcome.ends_delivery_job,
+            ended_delivery_job=finish.outcome.ends_delivery_job,
             due_again_in=finish.run_at_delay_seconds if finish.task_status == "pending"
             else None,
+            job_id=attempt.job_id,
         )
+
+    async def _write(
+        self, attempt: store.StartedAttempt, finish: Finish, commit_hook: CommitHook | None
+    ) -> Finish:
+        # Dependents are enqueued by a trigger on agent_tasks (sql/0005) inside the
+        # same statement that completes the task, so they commit with it.
+        async with self._pool.connection() as conn:
+            if commit_hook is None or finish.outcome is not Outcome.COMPLETED:
+                # The finish alone is one atomic statement: no BEGIN/COMMIT needed.
+                await store.finish_attempt(conn, attempt, finish, finish_job=True)
+                return finish
+            async with conn.transaction():
+                # Ownership first: a fenced attempt writes nothing at all. The hook
+                # then runs before the finish so that figures it returns land in the
+                # stored output.
+                await store.lock_owned_task(conn, attempt)
+                extra = await commit_hook(conn)
+                if extra:
+                    finish = finish.with_output(extra)
+                await store.finish_attempt(conn, attempt, finish, finish_job=True)
+        return finish

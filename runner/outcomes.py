@@ -45,13 +45,8 @@ class Outcome(enum.StrEnum):
     def ends_delivery_job(self) -> bool:
         """Whether the attempt's own finish also marked its delivery job done, so the
         delivery engine must not finish it again. A fenced or skipped attempt wrote
-        nothing, and a hand-back leaves the job to the engine (it records the abort)."""
-        return self in _ENDS_DELIVERY_JOB
-
-
-_ENDS_DELIVERY_JOB = frozenset({
-    Outcome.COMPLETED, Outcome.RETRY, Outcome.FAILED, Outcome.TIMEOUT, Outcome.CANCELLED,
-})
+        nothing."""
+        return self not in (Outcome.FENCED, Outcome.SKIPPED)
 
 
 class StopReason(enum.Enum):

@@ -1,5 +1,6 @@
-"""Daemons: registration, heartbeats, the pause switch, and the rescue of attempts
-whose daemon died (or whose delivery job ended without our finish)."""
+"""Daemons: registration, heartbeats, the pause switch, the rescue of attempts whose
+daemon died or no longer runs them, and the reconciler of pending tasks left without a
+delivery job (sql/0007_nothing_stranded.sql)."""
 
 from __future__ import annotations
 
@@ -27,14 +28,41 @@ async def register_daemon(
     )
 
 
-async def heartbeat(conn: Conn, *, daemon_id: UUID, in_flight: int, stopping: bool) -> bool:
-    """Returns False when our row is gone (another daemon declared us dead)."""
-    cur = await conn.execute(
-        "UPDATE runner_daemons SET last_heartbeat = now(), in_flight = %s, stopping = %s "
-        "WHERE id = %s",
-        (in_flight, stopping, daemon_id),
-    )
-    return cur.rowcount == 1
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat:
+    #: False when our row is gone (another daemon declared us dead)
+    registered: bool
+    #: running tasks of ours whose cancel was requested (the fallback to the abort
+    #: notification, which a restarted delivery worker no longer relays)
+    cancel_requested: list[UUID]
+
+
+_HEARTBEAT = """
+WITH beat AS (
+    UPDATE runner_daemons
+    SET last_heartbeat = now(), in_flight = %(in_flight)s, stopping = %(stopping)s,
+        running_task_ids = %(running)s
+    WHERE id = %(daemon_id)s
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM beat),
+       ARRAY(SELECT t.id FROM agent_tasks t
+             WHERE t.id = ANY(%(running)s) AND t.cancel_requested AND t.status = 'processing')
+"""
+
+
+async def heartbeat(
+    conn: Conn, *, daemon_id: UUID, running: list[UUID], stopping: bool
+) -> Heartbeat:
+    """Prove this daemon alive, naming the tasks it runs (the rescuer leaves those
+    alone); one round trip."""
+    cur = await conn.execute(_HEARTBEAT, {
+        "daemon_id": daemon_id, "in_flight": len(running), "stopping": stopping,
+        "running": running,
+    })
+    row = await cur.fetchone()
+    assert row is not None
+    return Heartbeat(registered=bool(row[0]), cancel_requested=list(row[1]))
 
 
 async def claiming_paused(conn: Conn) -> bool:
@@ -51,71 +79,42 @@ class Rescued:
     task_id: UUID
     execution_id: UUID
     agent_type: str
-    requeued: bool
+    #: requeued | failed (no retries left) | cancelled (its cancel was requested)
+    outcome: str
 
-
-# An attempt is orphaned when its daemon stopped heartbeating (crash, kill -9, lost
-# network), or when its procrastinate job is no longer 'doing' (the worker gave up on
-# it without our finish). Each orphan is re-queued with a fresh job, spending one retry:
-# a task that kills its daemon every time must not loop forever.
-_RESCUE = """
-WITH orphan AS (
-    SELECT e.id AS execution_id, e.task_id, e.job_id
-    FROM agent_executions e
-    LEFT JOIN runner_daemons d ON d.id = e.daemon_id
-    LEFT JOIN procrastinate_jobs j ON j.id = e.job_id
-    WHERE e.status = 'running'
-      AND e.started_at < now() - make_interval(secs => %(min_age)s)
-      AND (d.id IS NULL
-           OR d.last_heartbeat < now() - d.dead_after
-           OR j.id IS NULL
-           OR j.status <> 'doing')
-    ORDER BY e.started_at
-    LIMIT 500
-), task AS (
-    SELECT t.id, t.retry_count, t.max_retries, t.priority, o.execution_id, o.job_id
-    FROM agent_tasks t JOIN orphan o ON o.task_id = t.id
-    WHERE t.status = 'processing' AND t.current_execution_id = o.execution_id
-    FOR UPDATE OF t SKIP LOCKED
-), old_job AS (
-    UPDATE procrastinate_jobs j SET status = 'failed'
-    FROM task WHERE j.id = task.job_id AND j.status IN ('doing', 'todo')
-), lost AS (
-    UPDATE agent_executions e
-    SET status = 'rescued', completed_at = clock_timestamp(),
-        duration_ms = runner_elapsed_ms(e.started_at),
-        error_message = 'attempt lost: its daemon stopped heartbeating or its job ended; re-queued'
-    FROM task WHERE e.id = task.execution_id AND e.status = 'running'
-), requeued AS (
-    UPDATE agent_tasks t
-    SET retry_count = t.retry_count + 1,
-        status = CASE WHEN t.retry_count < t.max_retries THEN 'pending' ELSE 'failed' END,
-        error_message = 'attempt lost: its daemon stopped heartbeating or its job ended',
-        completed_at = CASE WHEN t.retry_count < t.max_retries THEN NULL ELSE now() END,
-        current_execution_id = NULL,
-        job_id = CASE WHEN t.retry_count < t.max_retries
-                      THEN runner_defer_attempt(t.id, t.priority, now()) ELSE NULL END,
-        updated_at = now()
-    FROM task WHERE t.id = task.id
-    RETURNING t.id, t.status
-)
-SELECT requeued.id, task.execution_id, a.agent_type, requeued.status = 'pending'
-FROM requeued
-JOIN task ON task.id = requeued.id
-JOIN agent_tasks t2 ON t2.id = requeued.id
-JOIN ai_agents a ON a.id = t2.agent_id
-"""
+    @property
+    def requeued(self) -> bool:
+        return self.outcome == "requeued"
 
 
 async def rescue_orphans(conn: Conn, *, min_age_seconds: float) -> list[Rescued]:
+    """Re-queue attempts whose daemon died or no longer runs them (a rescued attempt
+    spends a retry: a task that kills its daemon every time must not loop forever);
+    see ``runner_rescue_orphans`` in sql/0007_nothing_stranded.sql."""
     async with conn.transaction():
-        cur = await conn.execute(_RESCUE, {"min_age": min_age_seconds})
+        cur = await conn.execute(
+            "SELECT task_id, execution_id, agent_type, outcome FROM runner_rescue_orphans(%s)",
+            (min_age_seconds,))
         rows = await cur.fetchall()
         # Dead daemons' rows are kept until their attempts are rescued, so the
         # check above can see who they were; after that they only clutter status.
         await conn.execute(
             "DELETE FROM runner_daemons d WHERE d.last_heartbeat < now() - d.dead_after * 4"
         )
-    return [Rescued(row[0], row[1], row[2], row[3]) for row in rows]
+    return [Rescued(*row) for row in rows]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Redelivered:
+    task_id: UUID
+    #: what its job was: missing | failed | succeeded | aborted | cancelled | doing
+    previous_job_status: str
+
+
+async def reconcile_pending(conn: Conn, *, stalled_after_seconds: float) -> list[Redelivered]:
+    """Give a fresh delivery job to every pending task that has none it could run
+    (see ``runner_reconcile_pending``)."""
+    cur = await conn.execute(
+        "SELECT task_id, previous_job_status FROM runner_reconcile_pending(%s)",
+        (stalled_after_seconds,))
+    return [Redelivered(*row) for row in await cur.fetchall()]
