@@ -29,6 +29,7 @@ import httpx
 import psycopg
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from runner.addresses import non_public_reason
 from runner.errors import (
     AgentOutcomeError,
     CancelTask,
@@ -61,6 +62,7 @@ __all__ = [
     "agent_configuration",
     "backoff_delay",
     "describe_validation_error",
+    "non_public_reason",
     "positive_int",
 ]
 
