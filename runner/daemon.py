@@ -38,7 +38,7 @@ from psycopg_pool.base import AttemptWithBackoff
 
 from runner import __version__, metrics, sdnotify, sidetasks
 from runner.delivery import Delivery
-from runner.errors import DatabaseUnreachable
+from runner.errors import DatabaseUnreachable, Unhealthy
 from runner.executor import Executor
 from runner.http import MetricsServer
 from runner.migrate import check_schema_current
@@ -394,7 +394,8 @@ class Daemon:
         """``/healthz``: the daemon's own recent heartbeat, no pool connection taken."""
         problem = self.database.problem()
         if problem is not None:
-            raise RuntimeError(problem)
+            # The response shows only the code; the problem goes to the log.
+            raise Unhealthy("heartbeat", problem)
 
     async def _supervise(self) -> int:
         assert self.delivery is not None and self.metrics_server is not None

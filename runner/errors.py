@@ -18,6 +18,7 @@ Callers catch by type, never by message. The tree::
     │   ├── SchemaBehind         migrations this build needs are not applied
     │   └── MigrationChanged     a landed migration was edited after it was applied
     ├── DatabaseUnreachable      away longer than RUNNER_DB_OUTAGE_LIMIT: the daemon exits
+    ├── Unhealthy                a health check's verdict: /healthz answers 503 with its code
     ├── EmbeddedPostgresError    the embedded server could not start or stop
     └── CommandError             an admin command ends with a message (runner.cli)
         ├── CommandFailed        exit 1
@@ -29,6 +30,8 @@ embedded server); the root is what new code catches.
 """
 
 from __future__ import annotations
+
+import re
 
 
 class RunnerError(Exception):
@@ -114,6 +117,18 @@ class MigrationChanged(SchemaError):
 
 class DatabaseUnreachable(RunnerError):
     """The database stayed unreachable longer than ``RUNNER_DB_OUTAGE_LIMIT``."""
+
+
+class Unhealthy(RunnerError):
+    """A health check failed. ``code`` is a short stable token (``heartbeat``) that
+    ``/healthz`` may show anyone who can reach the port; the message is the detail,
+    which goes to the log only (it can name hosts, users and database errors)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", code):
+            raise ValueError(f"a health code is a short lower-case token, got {code!r}")
+        super().__init__(detail)
+        self.code = code
 
 
 class EmbeddedPostgresError(RunnerError, RuntimeError):

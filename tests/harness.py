@@ -124,9 +124,13 @@ def daemon_env(db_url: str, **overrides: str) -> dict[str, str]:
 
 
 class DaemonProcess:
-    """``agent-runner run`` as a real subprocess, its stderr kept in a file."""
+    """``agent-runner run`` as a real subprocess, its stderr kept in a file.
+    ``preexec_fn`` runs in the child before the daemon starts (``setrlimit``, say)."""
 
-    def __init__(self, db_url: str, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, db_url: str, log_path: Path, *, preexec_fn: Callable[[], None] | None = None,
+        **env: str,
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -136,6 +140,7 @@ class DaemonProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=preexec_fn,
         )
 
     @property
@@ -160,10 +165,12 @@ class DaemonProcess:
 
 @contextmanager
 def daemons(
-    db_url: str, tmp_path: Path, count: int = 1, **env: str
+    db_url: str, tmp_path: Path, count: int = 1, *,
+    preexec_fn: Callable[[], None] | None = None, **env: str,
 ) -> Iterator[list[DaemonProcess]]:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    started = [DaemonProcess(db_url, tmp_path / f"daemon-{i}.log", **env) for i in range(count)]
+    started = [DaemonProcess(db_url, tmp_path / f"daemon-{i}.log", preexec_fn=preexec_fn, **env)
+               for i in range(count)]
     try:
         yield started
     finally:

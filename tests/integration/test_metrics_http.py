@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,7 +12,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from runner import metrics
-from runner.http import MetricsServer, postgres_health_check
+from runner.http import HealthCheck, MetricsServer, Unhealthy
+from runner.store import monitoring
+
+
+def postgres_health_check(pool: AsyncConnectionPool, *, timeout: float = 2.0) -> HealthCheck:
+    """A check that passes while a pooled connection answers ``SELECT 1``: a real
+    check whose failures are real database errors (the daemon's own check reads its
+    heartbeat state instead, without taking a connection)."""
+
+    async def check() -> None:
+        async with pool.connection(timeout=timeout) as conn:
+            await monitoring.ping(conn)
+
+    return check
+
+
+def health_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "runner.http" and r.msg == "health_failed"]
 
 
 @pytest.fixture
@@ -71,39 +89,76 @@ async def test_healthz_is_ok_while_postgres_answers(client: httpx.AsyncClient) -
     assert (response.status_code, response.text) == (200, "ok\n")
 
 
-async def test_healthz_is_503_with_the_reason_when_postgres_is_unreachable(
-    unreachable_pool: AsyncConnectionPool,
+async def test_healthz_is_503_with_a_code_and_the_reason_only_in_the_log(
+    unreachable_pool: AsyncConnectionPool, caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The check's own pool timeout (0.5 s) fires before the server's (2 s), so the
     # reason is the pool's.
     check = postgres_health_check(unreachable_pool, timeout=0.5)
     async with MetricsServer(check, port=0) as server, httpx.AsyncClient() as http:
         response = await http.get(f"{server.url}/healthz")
-    assert response.status_code == 503
-    assert response.text.startswith("unhealthy: PoolTimeout:")
+    assert (response.status_code, response.text) == (503, "unhealthy: check_failed\n")
+    (failure,) = health_failures(caplog)
+    assert failure.levelno == logging.WARNING
+    assert failure.code == "check_failed"  # type: ignore[attr-defined]
+    assert failure.reason.startswith("PoolTimeout:")  # type: ignore[attr-defined]
 
 
-async def test_healthz_is_503_when_the_check_hangs() -> None:
+async def test_an_unhealthy_verdict_shows_its_code_not_its_detail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    detail = "database unreachable for 12 s: connection to db.internal:5432 refused"
+
+    async def heartbeat_late() -> None:
+        raise Unhealthy("heartbeat", detail)
+
+    async with MetricsServer(heartbeat_late, port=0) as server, httpx.AsyncClient() as http:
+        response = await http.get(f"{server.url}/healthz")
+        head = await http.head(f"{server.url}/healthz")
+    assert (response.status_code, response.text) == (503, "unhealthy: heartbeat\n")
+    assert (head.status_code, head.content) == (503, b"")
+    # Probes come every few seconds: the reason is logged once, not per probe.
+    (failure,) = health_failures(caplog)
+    assert (failure.code, failure.reason) == ("heartbeat", detail)  # type: ignore[attr-defined]
+
+
+def test_a_health_code_is_a_short_token() -> None:
+    with pytest.raises(ValueError, match="short lower-case token"):
+        Unhealthy("database at db.internal is down", "detail")
+
+
+async def test_healthz_is_503_when_the_check_hangs(caplog: pytest.LogCaptureFixture) -> None:
     async def hangs() -> None:
         await asyncio.Event().wait()
 
     async with MetricsServer(hangs, port=0, health_timeout=0.2) as server:
         async with httpx.AsyncClient() as http:
             response = await http.get(f"{server.url}/healthz")
-            assert (response.status_code, response.text) == (
-                503, "unhealthy: health check timed out after 0.2s\n")
+            assert (response.status_code, response.text) == (503, "unhealthy: check_timeout\n")
             # the server is not stuck behind a hung check
             assert (await http.get(f"{server.url}/metrics")).status_code == 200
+    (failure,) = health_failures(caplog)
+    assert failure.reason == "health check timed out after 0.2s"  # type: ignore[attr-defined]
 
 
-async def test_healthz_reason_is_one_line() -> None:
-    async def fails() -> None:
-        raise RuntimeError("database\nis\n  down")
+async def test_healthz_logs_the_reason_on_one_line_and_its_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = True
 
-    async with MetricsServer(fails, port=0) as server, httpx.AsyncClient() as http:
+    async def check() -> None:
+        if down:
+            raise RuntimeError("database\nis\n  down")
+
+    caplog.set_level(logging.INFO, logger="runner.http")
+    async with MetricsServer(check, port=0) as server, httpx.AsyncClient() as http:
         response = await http.get(f"{server.url}/healthz")
-    assert response.status_code == 503
-    assert response.text == "unhealthy: RuntimeError: database is down\n"
+        assert (response.status_code, response.text) == (503, "unhealthy: check_failed\n")
+        down = False
+        assert (await http.get(f"{server.url}/healthz")).status_code == 200
+    (failure,) = health_failures(caplog)
+    assert failure.reason == "RuntimeError: database is down"  # type: ignore[attr-defined]
+    assert "health_recovered" in [r.msg for r in caplog.records if r.name == "runner.http"]
 
 
 async def test_routes_methods_and_head(client: httpx.AsyncClient) -> None:

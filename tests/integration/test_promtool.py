@@ -18,7 +18,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from runner import metrics
-from runner.http import MetricsServer, postgres_health_check
+from runner.http import MetricsServer
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 
@@ -58,7 +58,10 @@ async def test_a_real_scrape_passes_check_metrics(
     metrics.llm_call(model="claude-promtool", input_tokens=3, output_tokens=4, cost_usd=0.001)
     metrics.heartbeat()
 
-    async with MetricsServer(postgres_health_check(pool), port=0) as server:
+    async def healthy() -> None:
+        pass
+
+    async with MetricsServer(healthy, port=0) as server:
         async with httpx.AsyncClient() as http:
             scrape = (await http.get(f"{server.url}/metrics")).content
     assert b'agent_runner_tasks{status="pending"} 1.0' in scrape
