@@ -25,6 +25,15 @@ Facts relied on, and where they come from:
   ``items_per_page``, ``start_index`` — the officerList JSON schema of the public spec.
   Current appointments come first (latest appointment first), then resigned ones
   (latest resignation first) — forum thread 488.
+* ``GET /company/{number}/filing-history`` returns a ``filingHistoryList``: ``items``
+  (``category``, ``type`` - the form, e.g. ``SH01``, ``AP01``, ``AA`` -, ``date`` - when
+  the filing was processed -, ``description`` - a key of the api-enumerations file
+  ``filing_history_descriptions.yml``, e.g. ``capital-allotment-shares`` -,
+  ``description_values``, ``transaction_id``, ``links``, ...), ``total_count``,
+  ``items_per_page``, ``start_index``, ``kind: "filing-history"``; newest first; query
+  parameters ``category`` (comma-separated), ``items_per_page`` (at most 100) and
+  ``start_index`` — the filingHistoryList / filingHistoryItem resources of the public
+  data API reference.
 * ``GET /advanced-search/companies`` takes ``company_name_includes``, ``location``,
   ``incorporated_from`` / ``incorporated_to`` (ISO dates), ``company_status``,
   ``sic_codes``, ``company_type`` (lists, comma-separated), ``size`` and ``start_index``,
@@ -55,7 +64,7 @@ from datetime import date
 from typing import Any, Final, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from runner.api import FailPermanently, backoff_delay
 
@@ -69,6 +78,8 @@ __all__ = [
     "CompaniesHouseRejected",
     "CompaniesHouseUnavailable",
     "CompanyProfile",
+    "FilingHistory",
+    "FilingHistoryItem",
     "NotFound",
     "Officer",
     "OfficerList",
@@ -81,6 +92,8 @@ SERVICE: Final = "companies_house"
 MAX_SEARCH_SIZE: Final = 5000
 #: The officers list pages at most this many items (the API's own maximum per page).
 MAX_OFFICERS_PAGE: Final = 100
+#: The filing history pages at most this many items (the API's maximum per page).
+MAX_FILINGS_PAGE: Final = 100
 _COMPANY_NUMBER: Final = re.compile(r"^[A-Z0-9]{8}$")
 #: Added to the server's reset time: it is whole seconds and our clocks may differ a
 #: little, and a request that lands just before the reset would be refused.
@@ -190,6 +203,27 @@ class OfficerList(_Resource):
     total_results: int = 0
     items_per_page: int | None = None
     start_index: int = 0
+
+
+class FilingHistoryItem(_Resource):
+    # Required by the spec; tolerated when missing so that one odd item (old paper
+    # filings carry less) does not lose the page. Users skip items without them.
+    transaction_id: str = ""
+    category: str = ""
+    type: str = ""
+    #: ``date`` in the API (a member named ``date`` would shadow the type here).
+    filed_on: date | None = Field(default=None, alias="date")
+    description: str = ""
+    description_values: dict[str, Any] = {}
+    subcategory: str | None = None
+
+
+class FilingHistory(_Resource):
+    items: list[FilingHistoryItem] = []
+    total_count: int = 0
+    items_per_page: int | None = None
+    start_index: int = 0
+    filing_history_status: str | None = None
 
 
 class AdvancedSearchCompany(_Resource):
@@ -364,6 +398,21 @@ class CompaniesHouseClient:
             "start_index": str(max(0, start_index)),
         }
         return await self._get(f"/company/{number}/officers", params, OfficerList, "officers")
+
+    async def get_filing_history(
+        self, company_number: str, *, items_per_page: int = MAX_FILINGS_PAGE,
+        category: Sequence[str] = (),
+    ) -> FilingHistory | NotFound:
+        """The first page of the company's filings, newest first."""
+        number = normalise_company_number(company_number)
+        if number is None:
+            return NotFound("filing-history", f"invalid company number {company_number!r}")
+        params = {"items_per_page": str(max(1, min(items_per_page, MAX_FILINGS_PAGE))),
+                  "start_index": "0"}
+        if category:
+            params["category"] = ",".join(category)
+        return await self._get(f"/company/{number}/filing-history", params, FilingHistory,
+                               "filing-history")
 
     async def advanced_search(
         self,

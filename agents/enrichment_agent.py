@@ -125,8 +125,8 @@ from agents.website import (
     WebsiteError,
     analyse_page,
     fetch_page,
-    is_fetchable_url,
     website_client,
+    website_url,
 )
 from runner.api import (
     AgentContext,
@@ -528,7 +528,7 @@ class EnrichmentAgent:
         page: PageAnalysis | None = None
         page_text = ""
         website_error: str | None = None
-        url = _website_url(item.website)
+        url = website_url(item.website)
         if run.web is not None and url is not None:
             site = run.config.website
             try:
@@ -608,16 +608,6 @@ def _reuse(run: _Run, item: store.PendingItem) -> _Outcome | None:
     if item.enrichment_status == "not_found" and run.ch is not None:
         return _Outcome(item, "not_found", item_status="not_found")
     return None
-
-
-def _website_url(website: str | None) -> str | None:
-    """The company's site as an http(s) URL; a bare host name gets ``https://``."""
-    if not website or not website.strip():
-        return None
-    candidate = website.strip()
-    if "://" not in candidate:
-        candidate = "https://" + candidate
-    return candidate if is_fetchable_url(candidate) else None
 
 
 def _output(outcomes: Sequence[_Outcome], mode: str) -> dict[str, Any]:

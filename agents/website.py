@@ -78,6 +78,7 @@ __all__ = [
     "social_links",
     "social_score",
     "website_client",
+    "website_url",
 ]
 
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
@@ -237,6 +238,17 @@ def is_fetchable_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def website_url(website: str | None) -> str | None:
+    """A company's ``website`` column as an http(s) URL to fetch (a bare host name gets
+    ``https://``), or None when it is empty or not a web address."""
+    if not website or not website.strip():
+        return None
+    candidate = website.strip()
+    if "://" not in candidate:
+        candidate = "https://" + candidate
+    return candidate if is_fetchable_url(candidate) else None
 
 
 async def fetch_page(

@@ -26,7 +26,8 @@ from tests.harness import daemon_env, daemons, query, wait_until
 
 pytestmark = pytest.mark.slow
 
-BUILTIN_TYPES = "enrichment_agent, llm_agent, noop, opportunity_bot, scoring_agent"
+BUILTIN_TYPES = ("enrichment_agent, llm_agent, noop, opportunity_bot, scoring_agent, "
+                 "scout_agent")
 
 PYPROJECT = """\
 [build-system]

@@ -178,6 +178,7 @@ def test_builtin_agent_types_are_registered_by_the_migration(conn: Conn) -> None
         ("noop", "agents.noop:NoopAgent"),
         ("opportunity_bot", "agents.opportunity_bot:OpportunityBot"),
         ("scoring_agent", "agents.scoring_agent:ScoringAgent"),
+        ("scout_agent", "agents.scout_agent:ScoutAgent"),
     ]
 
 
@@ -186,7 +187,7 @@ def test_an_agent_of_an_unregistered_type_is_refused_naming_the_known_types(conn
         _agent(conn, agent_type="echo_agent")
     assert info.value.diag.message_primary == (
         'unknown agent_type "echo_agent" for agent "x"; known types: enrichment_agent, '
-        "llm_agent, noop, opportunity_bot, scoring_agent")
+        "llm_agent, noop, opportunity_bot, scoring_agent, scout_agent")
     assert "agent-runner migrate" in (info.value.diag.message_hint or "")
     assert conn.execute("SELECT count(*) FROM ai_agents").fetchone() == (0,)
     _agent(conn)
@@ -225,4 +226,4 @@ def test_registering_a_type_admits_it_and_shapes_its_workflow_payload(conn: Conn
                        "WHERE agent_type = 'echo_agent'", before).fetchone()
     assert row == ("echo_plugin.v2:EchoAgent", None, True)
     assert payload("echo_agent") == {"n": 1, "goal_context": {"goal_criteria": {}}}
-    assert conn.execute("SELECT count(*) FROM agent_types").fetchone() == (6,)
+    assert conn.execute("SELECT count(*) FROM agent_types").fetchone() == (7,)

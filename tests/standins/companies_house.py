@@ -1,11 +1,13 @@
-"""A Companies House public data API stand-in: the three resources the agents use, with
+"""A Companies House public data API stand-in: the resources the agents use (profile,
+officers, filing history, advanced search), with
 the real JSON shapes, basic auth, the ``X-Ratelimit-*`` headers and a real rate-limit
 window, plus switches for the failures the client must survive.
 
 Usage::
 
     with running_companies_house(api_key="k") as ch:
-        ch.add_company("01234567", name="ACME LTD", officers=[officer("SMITH, Jane")])
+        ch.add_company("01234567", name="ACME LTD", officers=[officer("SMITH, Jane")],
+                       filings=[filing("SH01", "2026-11-20", transaction_id="MzA")])
         ch.fail("/company/01234567", status=500, times=2)
         ...  # point COMPANIES_HOUSE_BASE_URL at ch.url
         assert ch.requests[0].authorization == basic_auth("k")
@@ -37,6 +39,7 @@ __all__ = [
     "RecordedRequest",
     "basic_auth",
     "companies_house_server",
+    "filing",
     "officer",
     "running_companies_house",
 ]
@@ -75,6 +78,63 @@ def officer(
     return item
 
 
+# Forms as the filing history lists them: (category, description key).
+_FORMS: dict[str, tuple[str, str]] = {
+    "SH01": ("capital", "capital-allotment-shares"),
+    "AP01": ("officers", "appoint-person-director-company-with-name-date"),
+    "AP03": ("officers", "appoint-person-secretary-company-with-name-date"),
+    "TM01": ("officers", "termination-director-company-with-name-termination-date"),
+    "AA": ("accounts", "accounts-with-accounts-type-small"),
+    "CS01": ("confirmation-statement", "confirmation-statement-with-no-updates"),
+    "MR01": ("mortgage", "mortgage-create-with-deed-with-charge-number-charge-creation-date"),
+    "NM01": ("change-of-name", "change-of-name-by-resolution"),
+    "AD01": ("address",
+             "change-registered-office-address-company-with-date-old-address-new-address"),
+    "NEWINC": ("incorporation", "incorporation-company"),
+}
+
+
+def filing(
+    form: str,
+    filed_on: date | str,
+    *,
+    transaction_id: str | None = None,
+    description_values: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One filing-history item, as the API shapes it (``date`` is when it was
+    processed; ``description`` a key of the api-enumerations descriptions file)."""
+    category, description = _FORMS[form]
+    day = str(filed_on)
+    values = dict(description_values or {})
+    if form == "SH01":
+        values.setdefault("date", day)
+        values.setdefault("capital", [{"currency": "GBP", "figure": "2,151"}])
+    elif form in ("AP01", "AP03"):
+        values.setdefault("appointment_date", day)
+        values.setdefault("officer_name", "Ms Jane Example")
+    elif form == "TM01":
+        values.setdefault("termination_date", day)
+        values.setdefault("officer_name", "Mr John Example")
+    elif form == "AA":
+        values.setdefault("made_up_date", "2025-03-31")
+    txid = transaction_id or f"{form}{day.replace('-', '')}"
+    item: dict[str, Any] = {
+        "category": category,
+        "date": day,
+        "description": description,
+        "description_values": values,
+        "type": form,
+        "transaction_id": txid,
+        "barcode": f"X{txid[-7:]}",
+        "pages": 3,
+        "links": {"self": f"/company/00000000/filing-history/{txid}",
+                  "document_metadata": f"https://document-api.example/document/{txid}"},
+    }
+    item.update(extra)
+    return item
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordedRequest:
     method: str
@@ -100,6 +160,7 @@ class CompaniesHouseStandIn:
         self.url = ""
         self.companies: dict[str, dict[str, Any]] = {}
         self.officers: dict[str, list[dict[str, Any]]] = {}
+        self.filings: dict[str, list[dict[str, Any]]] = {}
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._failures: list[_FailurePlan] = []
@@ -127,6 +188,7 @@ class CompaniesHouseStandIn:
         accounts_made_up_to: str | None = "2024-03-31",
         has_charges: bool = False,
         officers: list[dict[str, Any]] | None = None,
+        filings: list[dict[str, Any]] | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
         profile: dict[str, Any] = {
@@ -161,6 +223,7 @@ class CompaniesHouseStandIn:
         with self._lock:
             self.companies[number] = profile
             self.officers[number] = list(officers or [])
+            self.filings[number] = list(filings or [])
         return profile
 
     def fail(self, path_prefix: str, *, status: int = 500, times: int | None = 1) -> None:
@@ -243,6 +306,8 @@ class CompaniesHouseStandIn:
             return self._profile(segments[1], headers)
         if len(segments) == 3 and segments[0] == "company" and segments[2] == "officers":
             return self._officer_list(segments[1], query, headers)
+        if len(segments) == 3 and segments[0] == "company" and segments[2] == "filing-history":
+            return self._filing_history(segments[1], query, headers)
         if segments == ["advanced-search", "companies"]:
             return self._search(query, headers)
         return 404, headers, {"errors": [{"error": "not-found", "type": "ch:service"}]}
@@ -280,6 +345,28 @@ class CompaniesHouseStandIn:
             "inactive_count": 0,
             "resigned_count": len(resigned),
             "items": ordered[start:start + per_page],
+        }
+
+    def _filing_history(self, number: str, query: dict[str, list[str]],
+                        headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        if number not in self.companies:
+            return 404, headers, {"errors": [{"type": "ch:service",
+                                              "error": "filing-history-not-found"}]}
+        categories = {c for raw in query.get("category", []) for c in raw.split(",") if c}
+        # Newest first, as the API lists them.
+        items = sorted((f for f in self.filings[number]
+                        if not categories or f["category"] in categories),
+                       key=lambda f: f["date"], reverse=True)
+        per_page = min(100, int(query.get("items_per_page", ["25"])[0]))
+        start = int(query.get("start_index", ["0"])[0])
+        return 200, headers, {
+            "etag": f"filings-{number}",
+            "filing_history_status": "filing-history-available",
+            "kind": "filing-history",
+            "items_per_page": per_page,
+            "start_index": start,
+            "total_count": len(items),
+            "items": items[start:start + per_page],
         }
 
     def _search(self, query: dict[str, list[str]],

@@ -1,6 +1,8 @@
 """Fake company websites on one local server, one site per path prefix
 (``site_url("saas")`` -> ``http://127.0.0.1:PORT/saas/``), each with a recognisable
-stack, plus the hostile cases the fetcher must bound: an oversized page, a slow page,
+stack, careers pages for the scout (``/wordpress/careers/`` lists two roles as list
+items, ``/hiring/jobs/`` publishes three schema.org JobPostings, ``/small/careers/``
+one role), plus the hostile cases the fetcher must bound: an oversized page, a slow page,
 a trickling page, a redirect loop, a redirect to ``ftp:``, a JSON document and a 404;
 and ``/nul/``, whose title, description, text and careers link carry NUL characters
 (which Postgres cannot store).
@@ -49,6 +51,37 @@ _WORDPRESS = """<!doctype html>
 _CAREERS = """<!doctype html><html><head><title>Careers</title></head><body>
 <h1>Join us</h1><ul><li>Senior engineer</li><li>Account executive</li></ul>
 </body></html>
+"""
+
+_HIRING = """<!doctype html><html><head><title>Hiring Co</title></head><body>
+<nav><ul><li><a href="/hiring/">Home</a></li><li><a href="/hiring/jobs/">Jobs</a></li></ul></nav>
+<h1>Hiring Co</h1><p>We build ledgers.</p>
+<a href="/hiring/jobs/">Open positions</a>
+</body></html>
+"""
+
+# Openings as job boards publish them for search engines (schema.org JobPosting).
+_HIRING_JOBS = """<!doctype html><html><head><title>Jobs at Hiring Co</title>
+<script type="application/ld+json">
+{"@context": "https://schema.org", "@graph": [
+  {"@type": "JobPosting", "title": "Platform Engineer", "datePosted": "2020-01-06",
+   "hiringOrganization": {"@type": "Organization", "name": "Hiring Co"}},
+  {"@type": "JobPosting", "title": "Head of Sales", "datePosted": "2020-01-02"},
+  {"@type": "JobPosting", "title": "Data Analyst", "datePosted": "2020-01-03"}
+]}
+</script></head><body>
+<nav><ul><li>Home</li><li>Jobs</li></ul></nav>
+<h1>Jobs</h1><ul><li>Platform Engineer</li><li>Head of Sales</li><li>Data Analyst</li></ul>
+<footer><ul><li>Privacy</li></ul></footer>
+</body></html>
+"""
+
+_SMALL = """<!doctype html><html><head><title>Small Co</title></head><body>
+<a href="/small/careers/">Careers</a></body></html>
+"""
+
+_SMALL_CAREERS = """<!doctype html><html><head><title>Careers</title></head><body>
+<h1>Work with us</h1><ul><li>Office manager</li></ul></body></html>
 """
 
 _SHOP = """<!doctype html>
@@ -104,6 +137,10 @@ _PAGES: dict[str, tuple[int, list[tuple[str, str]], str]] = {
         ("Set-Cookie", "__cf_bm=abc; path=/; HttpOnly"),
     ], _WORDPRESS),
     "/wordpress/careers/": (200, [("Content-Type", "text/html")], _CAREERS),
+    "/hiring/": (200, [("Content-Type", "text/html; charset=utf-8")], _HIRING),
+    "/hiring/jobs/": (200, [("Content-Type", "text/html; charset=utf-8")], _HIRING_JOBS),
+    "/small/": (200, [("Content-Type", "text/html")], _SMALL),
+    "/small/careers/": (200, [("Content-Type", "text/html")], _SMALL_CAREERS),
     "/shop/": (200, [
         ("Content-Type", "text/html; charset=utf-8"),
         ("X-Shopify-Stage", "production"),

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from runner.api import AgentContext, AgentResult
 from runner.plugins import AGENTS_GROUP, Registry, UnknownAgentType, load_registry
 
-BUILTIN_TYPES = ["enrichment_agent", "llm_agent", "noop", "opportunity_bot", "scoring_agent"]
+BUILTIN_TYPES = ["enrichment_agent", "llm_agent", "noop", "opportunity_bot", "scoring_agent",
+                 "scout_agent"]
 
 
 class _StreamInput(BaseModel):
@@ -58,7 +59,7 @@ def _installed(monkeypatch: pytest.MonkeyPatch, **targets: str) -> None:
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
 
 
-def test_this_project_registers_its_five_types() -> None:
+def test_this_project_registers_its_six_types() -> None:
     registry = load_registry()
     assert registry.types() == BUILTIN_TYPES
     assert registry.rejected == {}
@@ -70,7 +71,7 @@ def test_this_project_registers_its_five_types() -> None:
     assert {name: (row.takes_stream_id, row.takes_goal_context) for name, row in rows.items()} \
         == {"enrichment_agent": (True, False), "llm_agent": (False, False),
             "noop": (False, False), "opportunity_bot": (True, True),
-            "scoring_agent": (True, True)}
+            "scoring_agent": (True, True), "scout_agent": (True, False)}
 
 
 def test_broken_plugins_are_logged_and_left_out(
