@@ -1,24 +1,29 @@
-"""The cron scheduler every daemon runs: agents' ``schedule_cron`` -> scheduled tasks.
+"""The cron scheduler every daemon runs: agents' ``schedule_cron`` -> scheduled tasks,
+streams' ``schedule_cron`` -> scheduled runs of their workflow.
 
 Each daemon keeps an APScheduler ``AsyncIOScheduler`` with one job per active agent
-that has a schedule. Exactly one task per fire time across N daemons comes from the
-database, not from coordination between daemons: a fire is claimed by inserting
-(agent, fire time) into ``cron_fires`` and the task is enqueued only by the daemon
-whose insert won, in the same transaction (``runner_cron_fire``). So every daemon must
+that has a schedule, and one per stream that has one. Exactly one task (or run) per
+fire time across N daemons comes from the database, not from coordination between
+daemons: a fire is claimed by inserting (agent, fire time) into ``cron_fires`` and the
+task is enqueued only by the daemon whose insert won, in the same transaction
+(``runner_cron_fire``); a stream's fire likewise in ``stream_cron_fires``
+(``runner_stream_cron_fire``), which starts no second run while the stream's previous
+scheduled run is still going (the fire is recorded as skipped). So every daemon must
 name a fire the same way: by its scheduled time, which APScheduler's own job runner
 does not hand to the job; :class:`_FireTimeExecutor` does.
 
-Schedules are reloaded when ``ai_agents`` announces a change on
+Schedules are reloaded when ``ai_agents`` or ``streams`` announces a change on
 ``agent_runner_schedules`` (LISTEN on a dedicated autocommit connection), and every
 ``reload_interval`` seconds as the fallback. A fire computed from a schedule that has
 changed since is refused by the database ("stale"), so an UPDATE takes effect at once
 for what is enqueued, and within a reload for when the next fires happen.
 
 Missed fires (no daemon running at the time): each (re)load compares the latest fire
-recorded for the agent with the schedule's previous fire time. With ``catchup="once"``
-(default) one task is enqueued for the whole missed period; with ``"skip"`` none, the
-schedule just carries on. A fire less than :data:`ON_TIME_GRACE` late counts as on
-time under both policies (a daemon restart, a busy event loop).
+recorded for the agent (or stream) with the schedule's previous fire time. With
+``catchup="once"`` (default) one task (or run) is started for the whole missed period;
+with ``"skip"`` none, the schedule just carries on. A fire less than
+:data:`ON_TIME_GRACE` late counts as on time under both policies (a daemon restart, a
+busy event loop).
 
 When a schedule fires is :mod:`runner.cron`'s answer (cronsim, Debian cron's rules):
 each job's trigger asks it, and so does ``agent-runner schedules``. APScheduler only
@@ -138,12 +143,36 @@ class _FireTimeExecutor(AsyncIOExecutor):  # type: ignore[misc]  # apscheduler i
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Loaded:
-    row: store.ScheduleRow
+    """A schedule as loaded: an agent's (each fire enqueues a task) or a stream's (each
+    fire starts a run of its workflow)."""
+
+    row: store.ScheduleRow | store.StreamScheduleRow
     trigger: ScheduleTrigger
 
     @property
     def key(self) -> tuple[str, str]:
         return self.row.schedule_cron, self.row.schedule_timezone
+
+    @property
+    def job_id(self) -> str:
+        """The APScheduler job's id: an agent's id, or ``stream:`` and a stream's id."""
+        return _job_id(self.row)
+
+    def log_fields(self) -> dict[str, str]:
+        return _log_fields(self.row)
+
+
+def _job_id(row: store.ScheduleRow | store.StreamScheduleRow) -> str:
+    if isinstance(row, store.ScheduleRow):
+        return str(row.agent_id)
+    return f"stream:{row.stream_id}"
+
+
+def _log_fields(row: store.ScheduleRow | store.StreamScheduleRow) -> dict[str, str]:
+    """Whose schedule it is, for log lines: an agent's keeps the fields it always had."""
+    if isinstance(row, store.ScheduleRow):
+        return {"agent_id": str(row.agent_id), "agent": row.name}
+    return {"stream_id": str(row.stream_id), "stream": row.name}
 
 
 class CronScheduler:
@@ -174,13 +203,15 @@ class CronScheduler:
                 "misfire_grace_time": None,
             },
         )
+        #: agents' schedules by agent id, streams' by stream id
         self._loaded: dict[UUID, _Loaded] = {}
-        # Agents whose missed fires are checked at the next reload: schedules new or
+        self._loaded_streams: dict[UUID, _Loaded] = {}
+        # Job ids whose missed fires are checked at the next reload: schedules new or
         # changed in this daemon (its (re)load), and fires that failed on a connection
-        # problem. Not every agent at every reload: the look-back costs CPU.
-        self._catch_up_due: set[UUID] = set()
-        self._reported_invalid: set[tuple[UUID, str, str]] = set()
-        self._reported_skipped: set[tuple[UUID, dt.datetime]] = set()
+        # problem. Not every schedule at every reload: the look-back costs CPU.
+        self._catch_up_due: set[str] = set()
+        self._reported_invalid: set[tuple[str, str, str]] = set()
+        self._reported_skipped: set[tuple[str, dt.datetime]] = set()
         self._fatal: BaseException | None = None
         self._last_prune = 0.0
         #: outcomes of this scheduler's fire attempts (tests and logs)
@@ -204,13 +235,22 @@ class CronScheduler:
             # AsyncIOScheduler shuts down in a loop callback; let it run.
             await asyncio.sleep(0)
         self._loaded.clear()
+        self._loaded_streams.clear()
 
     @property
     def agent_ids(self) -> set[UUID]:
         return set(self._loaded)
 
+    @property
+    def stream_ids(self) -> set[UUID]:
+        return set(self._loaded_streams)
+
     def next_fire_time(self, agent_id: UUID) -> dt.datetime | None:
         job = self._scheduler.get_job(str(agent_id))
+        return job.next_run_time if job is not None else None
+
+    def next_stream_fire_time(self, stream_id: UUID) -> dt.datetime | None:
+        job = self._scheduler.get_job(f"stream:{stream_id}")
         return job.next_run_time if job is not None else None
 
     # -- run_once ------------------------------------------------------------------------
@@ -219,50 +259,65 @@ class CronScheduler:
         """Bring the jobs in line with the database, then catch up missed fires."""
         async with self._pool.connection() as conn:
             rows = await store.load_schedules(conn)
+            stream_rows = await store.load_stream_schedules(conn)
             if time.monotonic() - self._last_prune > _PRUNE_EVERY_SECONDS:
                 self._last_prune = time.monotonic()
                 await store.prune_cron_fires(conn, older_than=FIRE_RETENTION)
+        self._loaded = self._sync_jobs(self._loaded, {row.agent_id: row for row in rows})
+        self._loaded_streams = self._sync_jobs(
+            self._loaded_streams, {row.stream_id: row for row in stream_rows})
+        by_job = {loaded.job_id: loaded
+                  for loaded in (*self._loaded.values(), *self._loaded_streams.values())}
+        self._catch_up_due &= by_job.keys()
+        for job_id in sorted(self._catch_up_due):
+            self._catch_up_due.discard(job_id)
+            await self._catch_up(by_job[job_id])
+
+    def _sync_jobs(
+        self,
+        current: dict[UUID, _Loaded],
+        rows: dict[UUID, store.ScheduleRow] | dict[UUID, store.StreamScheduleRow],
+    ) -> dict[UUID, _Loaded]:
+        """One kind of schedule's jobs in line with its rows; returns what is loaded."""
         wanted: dict[UUID, _Loaded] = {}
-        for row in rows:
-            current = self._loaded.get(row.agent_id)
-            if current is not None and current.key == (row.schedule_cron, row.schedule_timezone):
-                wanted[row.agent_id] = _Loaded(row, current.trigger)
+        for schedule_id, row in rows.items():
+            loaded_now = current.get(schedule_id)
+            if loaded_now is not None and loaded_now.key == (row.schedule_cron,
+                                                             row.schedule_timezone):
+                wanted[schedule_id] = _Loaded(row, loaded_now.trigger)
                 continue
             try:
                 trigger = ScheduleTrigger(
                     cron.parse_cron(row.schedule_cron, row.schedule_timezone))
             except cron.CronError as exc:
                 # Only rows written before validation existed can get here; say so once.
-                seen = (row.agent_id, row.schedule_cron, row.schedule_timezone)
+                seen = (_job_id(row), row.schedule_cron, row.schedule_timezone)
                 if seen not in self._reported_invalid:
                     self._reported_invalid.add(seen)
                     logger.error("cron_schedule_invalid", extra={
-                        "agent_id": str(row.agent_id), "agent": row.name, "error": str(exc)})
+                        **_log_fields(row), "error": str(exc)})
                 continue
-            wanted[row.agent_id] = _Loaded(row, trigger)
-        for agent_id in self._loaded.keys() - wanted.keys():
-            self._scheduler.remove_job(str(agent_id))
-            logger.info("cron_schedule_removed", extra={"agent_id": str(agent_id)})
-        for agent_id, loaded in wanted.items():
-            current = self._loaded.get(agent_id)
-            if current is None or current.key != loaded.key:
+            wanted[schedule_id] = _Loaded(row, trigger)
+        for schedule_id in current.keys() - wanted.keys():
+            gone = current[schedule_id]
+            self._scheduler.remove_job(gone.job_id)
+            logger.info("cron_schedule_removed", extra=gone.log_fields())
+        for schedule_id, loaded in wanted.items():
+            loaded_now = current.get(schedule_id)
+            if loaded_now is None or loaded_now.key != loaded.key:
                 # The job carries the schedule it was computed from: its fires claim
                 # with that expression, and the database refuses them once it changed.
                 job = self._scheduler.add_job(
-                    self._on_fire, loaded.trigger, args=[loaded], id=str(agent_id),
+                    self._on_fire, loaded.trigger, args=[loaded], id=loaded.job_id,
                     name=f"cron:{loaded.row.name}", replace_existing=True,
                 )
-                self._catch_up_due.add(agent_id)
+                self._catch_up_due.add(loaded.job_id)
                 logger.info("cron_schedule_loaded", extra={
-                    "agent_id": str(agent_id), "agent": loaded.row.name,
+                    **loaded.log_fields(),
                     "schedule_cron": loaded.row.schedule_cron,
                     "schedule_timezone": loaded.row.schedule_timezone,
                     "next_fire_time": str(job.next_run_time)})
-        self._loaded = wanted
-        self._catch_up_due &= wanted.keys()
-        for agent_id in sorted(self._catch_up_due):
-            self._catch_up_due.discard(agent_id)
-            await self._catch_up(wanted[agent_id])
+        return wanted
 
     async def _catch_up(self, loaded: _Loaded) -> None:
         row = loaded.row
@@ -274,39 +329,40 @@ class CronScheduler:
         if missed is None:
             return
         if now - missed > ON_TIME_GRACE and self._catchup == "skip":
-            if (row.agent_id, missed) not in self._reported_skipped:
-                self._reported_skipped.add((row.agent_id, missed))
+            if (loaded.job_id, missed) not in self._reported_skipped:
+                self._reported_skipped.add((loaded.job_id, missed))
                 logger.info("cron_missed_fire_skipped", extra={
-                    "agent_id": str(row.agent_id), "fire_time": missed.isoformat()})
+                    **loaded.log_fields(), "fire_time": missed.isoformat()})
             return
         # Often a fire another daemon (or this one) is claiming right now: the claim
-        # resolves it, one task either way.
+        # resolves it, one task (or run) either way.
         result = await self._fire(loaded, missed)
-        if result is not None and result.outcome == "enqueued" and now - missed > ON_TIME_GRACE:
+        if result is not None and result.outcome in ("enqueued", "started") \
+                and now - missed > ON_TIME_GRACE:
             logger.info("cron_missed_fire_caught_up", extra={
-                "agent_id": str(row.agent_id), "fire_time": missed.isoformat(),
-                "task_id": str(result.task_id)})
+                **loaded.log_fields(), "fire_time": missed.isoformat(),
+                "task_id": str(result.task_id),
+                "workflow_run_id": str(result.workflow_run_id)})
 
     # -- fires ---------------------------------------------------------------------------
 
     async def _on_fire(self, loaded: _Loaded, *, fire_time: dt.datetime | None = None) -> None:
         """A job's fire, from APScheduler (with the scheduled time, see the executor;
         the default only keeps APScheduler's signature check at add_job quiet)."""
-        agent_id = loaded.row.agent_id
         try:
             if fire_time is None:
                 raise RuntimeError("cron fire without its scheduled time")
             late = self._clock() - fire_time
             if late > ON_TIME_GRACE and self._catchup == "skip":
                 logger.info("cron_late_fire_skipped", extra={
-                    "agent_id": str(agent_id), "fire_time": fire_time.isoformat(),
+                    **loaded.log_fields(), "fire_time": fire_time.isoformat(),
                     "late_seconds": late.total_seconds()})
                 return
             await self._fire(loaded, fire_time)
         except Exception as exc:
             # A bug, not a database problem (those are handled in _fire): stop the
             # daemon loudly through run().
-            logger.exception("cron_fire_crashed", extra={"agent_id": str(agent_id)})
+            logger.exception("cron_fire_crashed", extra=loaded.log_fields())
             self._fatal = exc
 
     async def fire(self, agent_id: UUID, fire_time: dt.datetime) -> store.FireResult | None:
@@ -315,41 +371,68 @@ class CronScheduler:
         loaded = self._loaded.get(agent_id)
         return None if loaded is None else await self._fire(loaded, fire_time)
 
+    async def fire_stream(
+        self, stream_id: UUID, fire_time: dt.datetime
+    ) -> store.FireResult | None:
+        """:meth:`fire` for a stream's schedule: claim the fire, start the run."""
+        loaded = self._loaded_streams.get(stream_id)
+        return None if loaded is None else await self._fire(loaded, fire_time)
+
     async def _fire(self, loaded: _Loaded, fire_time: dt.datetime) -> store.FireResult | None:
-        """Claim the fire; enqueue its task if this daemon won. Database trouble loses
-        only this attempt: the next reload catches the fire up (policy "once")."""
+        """Claim the fire; enqueue its task (or start its run) if this daemon won.
+        Database trouble loses only this attempt: the next reload catches the fire up
+        (policy "once")."""
         row = loaded.row
         try:
             async with self._pool.connection() as conn:
-                result = await store.record_cron_fire(
-                    conn, agent_id=row.agent_id, fire_time=fire_time,
-                    schedule_cron=row.schedule_cron, schedule_timezone=row.schedule_timezone,
-                    daemon_id=self._daemon_id,
-                )
+                if isinstance(row, store.ScheduleRow):
+                    result = await store.record_cron_fire(
+                        conn, agent_id=row.agent_id, fire_time=fire_time,
+                        schedule_cron=row.schedule_cron,
+                        schedule_timezone=row.schedule_timezone, daemon_id=self._daemon_id,
+                    )
+                else:
+                    result = await store.record_stream_fire(
+                        conn, stream_id=row.stream_id, fire_time=fire_time,
+                        schedule_cron=row.schedule_cron,
+                        schedule_timezone=row.schedule_timezone, daemon_id=self._daemon_id,
+                    )
         except sidetasks.TRANSIENT_ERRORS as exc:
             self.outcomes["error"] += 1
-            self._catch_up_due.add(row.agent_id)
+            self._catch_up_due.add(loaded.job_id)
             logger.warning("cron_fire_failed", extra={
-                "agent_id": str(row.agent_id), "fire_time": fire_time.isoformat(),
-                "error": str(exc)})
+                **loaded.log_fields(), "fire_time": fire_time.isoformat(), "error": str(exc)})
             return None
         except psycopg.Error as exc:
             # Bad data on one agent (e.g. a payload the queue refuses) must not stop
             # every other schedule.
             self.outcomes["error"] += 1
             logger.error("cron_fire_refused", extra={
-                "agent_id": str(row.agent_id), "fire_time": fire_time.isoformat(),
-                "error": str(exc)})
+                **loaded.log_fields(), "fire_time": fire_time.isoformat(), "error": str(exc)})
             return None
         self.outcomes[result.outcome] += 1
         if result.outcome == "enqueued":
+            assert isinstance(row, store.ScheduleRow)
             metrics.cron_fired(result.agent_type or row.agent_type)
             logger.info("cron_fired", extra={
-                "agent_id": str(row.agent_id), "agent": row.name,
-                "fire_time": fire_time.isoformat(), "task_id": str(result.task_id)})
+                **loaded.log_fields(), "fire_time": fire_time.isoformat(),
+                "task_id": str(result.task_id)})
+        elif result.outcome == "started":
+            logger.info("stream_cron_fired", extra={
+                **loaded.log_fields(), "fire_time": fire_time.isoformat(),
+                "workflow_run_id": str(result.workflow_run_id)})
+        elif result.outcome == "skipped":
+            # The previous scheduled run of the stream is still going: no overlap.
+            logger.info("stream_cron_fire_skipped", extra={
+                **loaded.log_fields(), "fire_time": fire_time.isoformat(),
+                "workflow_run_id": str(result.workflow_run_id), "reason": result.note})
+        elif result.outcome == "failed":
+            logger.warning("stream_cron_fire_not_started", extra={
+                **loaded.log_fields(), "fire_time": fire_time.isoformat(),
+                "reason": result.note})
         elif result.outcome != "duplicate":
             logger.info("cron_fire_dropped", extra={
-                "agent_id": str(row.agent_id), "fire_time": fire_time.isoformat(),
+                **loaded.log_fields(), "fire_time": fire_time.isoformat(),
                 "outcome": result.outcome})
         return result
 
