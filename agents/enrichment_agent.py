@@ -18,6 +18,11 @@ counted. Two things do end the run, because they are not about one company:
 * every company failing with Companies House unavailable: the task is retried later
   (``RetryLater``), again with the items still ``pending``.
 
+Insight: a run that finds buying signals writes one ``stream_insights`` row (``kind =
+'buying_signals'``) in its commit hook: how many companies show signals, by type, and
+each company's signals with their evidence. Once per workflow run, or per task outside
+one (its ``dedupe_key`` is the run's).
+
 Exactly-once: stream items and companies are read in short ``ctx.connection()`` blocks
 before any HTTP call; every write goes through the commit hook, inside the transaction
 that completes the task, and a stream item is only written while still ``pending``.
@@ -119,6 +124,7 @@ from agents.llm_judgements import (
     summarise_website,
 )
 from agents.store import enrichment as store
+from agents.store import insights as insight_store
 from agents.website import (
     DEFAULT_MAX_BYTES,
     PageAnalysis,
@@ -150,6 +156,9 @@ __all__ = [
 ]
 
 USER_AGENT: Final = "agent-runner-enrichment/0.1 (company research; one page per site)"
+INSIGHT_KIND: Final = "buying_signals"
+#: Companies named in the insight's body (its metadata keeps up to 100).
+_INSIGHT_COMPANIES: Final = 30
 #: Most failures named in ``results_summary`` (the counts are always complete).
 _SUMMARY_FAILURES: Final = 20
 
@@ -361,6 +370,53 @@ def llm_signals(signals: Sequence[BuyingSignal]) -> list[dict[str, Any]]:
             for s in signals]
 
 
+def signals_insight(
+    ctx: AgentContext, stream_id: UUID, outcomes: Sequence[_Outcome], dedupe_key: str,
+) -> insight_store.Insight:
+    """The run's buying signals as one insight: counts by type, then per company."""
+    found = [o for o in outcomes if o.item_signals]
+    by_type: dict[str, int] = {}
+    companies = []
+    for outcome in found:
+        best: dict[str, dict[str, Any]] = {}
+        for entry in outcome.item_signals:
+            if isinstance(entry, dict) and isinstance(entry.get("type"), str):
+                kept = best.get(entry["type"])
+                if kept is None or float(entry.get("strength") or 0) > float(
+                        kept.get("strength") or 0):
+                    best[entry["type"]] = entry
+        for kind in best:
+            by_type[kind] = by_type.get(kind, 0) + 1
+        companies.append((outcome.item, sorted(
+            best.values(), key=lambda e: (-float(e.get("strength") or 0), e["type"]))))
+    ranked = sorted(by_type.items(), key=lambda item: (-item[1], item[0]))
+    counted = ", ".join(f"{kind.replace('_', ' ')} {n}" for kind, n in ranked)
+    enriched = sum(1 for o in outcomes if o.status in ("enriched", "reused"))
+    title = f"Buying signals at {len(found)} of {enriched} companies enriched: {counted}"
+    lines = [
+        f"{item.name} ({item.company_number}): " + "; ".join(
+            f"{e['type'].replace('_', ' ')}" + (f" ({e['detail']})" if e.get("detail") else "")
+            for e in entries)
+        for item, entries in companies[:_INSIGHT_COMPANIES]
+    ]
+    if len(companies) > _INSIGHT_COMPANIES:
+        lines.append(f"... and {len(companies) - _INSIGHT_COMPANIES} more")
+    return insight_store.Insight(
+        kind=INSIGHT_KIND, title=title, dedupe_key=dedupe_key, task_id=ctx.task_id,
+        execution_id=ctx.execution_id, stream_id=stream_id, body="\n".join(lines),
+        metadata={
+            "companies_with_signals": len(found), "enriched_count": enriched,
+            "by_type": dict(ranked),
+            "companies": [
+                {"company_id": str(item.company_id), "company_number": item.company_number,
+                 "name": item.name,
+                 "signals": [{k: e.get(k) for k in ("type", "strength", "source", "detail")}
+                             for e in entries]}
+                for item, entries in companies[:100]],
+        },
+    )
+
+
 # The agent -------------------------------------------------------------------------------
 
 Status = Literal["enriched", "not_found", "failed", "reused", "aborted"]
@@ -471,6 +527,10 @@ class EnrichmentAgent:
 
         async def commit(conn: psycopg.AsyncConnection[Any]) -> None:
             await store.write_enrichment(conn, companies, updates)
+            if any(o.item_signals for o in outcomes):
+                key = await insight_store.run_key(conn, INSIGHT_KIND, ctx.task_id)
+                await insight_store.insert_insights(conn, [signals_insight(
+                    ctx, payload.stream_id, outcomes, key)])
 
         problems = [
             {"company_number": o.item.company_number, "error": o.error or o.website_error}

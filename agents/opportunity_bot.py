@@ -26,6 +26,11 @@ are written by the commit hook, in the transaction that completes the task, with
 ``ON CONFLICT DO NOTHING``: a retried or repeated run never duplicates an item, and a
 run that commits nothing adds nothing.
 
+A run that adds companies also writes one ``stream_insights`` row (``kind =
+'discovery'``) in the same commit hook: how many new companies it found and added, how
+many qualified, and the best of them. Once per workflow run, or per task outside one
+(its ``dedupe_key`` is the run's).
+
 Live discovery (``COMPANIES_HOUSE_API_KEY`` set)
 ------------------------------------------------
 Before the local search, Companies House advanced search is asked for active companies
@@ -86,6 +91,7 @@ from agents.enrichment_agent import CompaniesHouseConfig, is_one_company_llm_fai
 from agents.llm import LLMSession, RetryPolicy, has_api_key
 from agents.llm_judgements import BuyingSignal, qualify_company
 from agents.store import companies as companies_store
+from agents.store import insights as insight_store
 from agents.store import streams as store
 from agents.stream_goal import StreamGoal, StreamTaskInput, load_stream_goal
 from runner.api import AgentContext, AgentResult, CommitHook, FailPermanently, agent_configuration
@@ -105,6 +111,9 @@ _COMPANY_TYPES: Final = {
     "scottish-partnership": "Scottish Partnership",
     "community-interest-company": "Community Interest Company",
 }
+INSIGHT_KIND: Final = "discovery"
+#: Companies named in the discovery insight's body.
+_INSIGHT_COMPANIES: Final = 10
 #: ``BuyingSignal.strength`` as the numeric strengths other signals carry.
 _STRENGTHS: Final = {"low": 0.1, "medium": 0.2, "high": 0.3}
 
@@ -141,6 +150,47 @@ def discovery_output(found: int, added: list[store.Candidate]) -> dict[str, Any]
         "avg_quality_score": float(average),
         "high_quality_count": sum(1 for s in scores if s >= lead_scoring.HIGH_QUALITY_AT),
     }
+
+
+def _goal_words(goal: StreamGoal) -> str:
+    parts = []
+    if goal.industries:
+        parts.append("industry " + ", ".join(goal.industries))
+    if goal.locations:
+        parts.append("in " + ", ".join(goal.locations))
+    if goal.has_employee_range:
+        low = goal.employees_min if goal.employees_min is not None else 0
+        parts.append(f"{low}-{goal.employees_max} employees" if goal.employees_max
+                     is not None else f"at least {low} employees")
+    return "; ".join(parts) or "no criteria"
+
+
+def discovery_insight(
+    ctx: AgentContext, goal: StreamGoal, output: dict[str, Any],
+    added: list[store.Candidate], dedupe_key: str,
+) -> insight_store.Insight:
+    """What a person reads about the run: found, added, qualified, and the best few."""
+    created, qualified = output["items_created"], output["qualified_count"]
+    title = (f"{created} new compan{'ies' if created != 1 else 'y'} found for "
+             f"{goal.stream_name}, {qualified} qualified")
+    best = sorted(added, key=lambda c: (-c.quality_score, c.name))[:_INSIGHT_COMPANIES]
+    lines = [
+        f"{output['companies_found']} companies not yet in the stream meet the goal "
+        f"({_goal_words(goal)}); the best {created} were added, {qualified} of them "
+        f"reaching the minimum quality score of {goal.min_quality_score} on what is "
+        "known before enrichment.",
+        "Best added:",
+        *(f"- {c.name}: {c.quality_score} ({c.priority}"
+          f"{', qualified' if c.qualified else ''})" for c in best),
+    ]
+    return insight_store.Insight(
+        kind=INSIGHT_KIND, title=title, dedupe_key=dedupe_key, task_id=ctx.task_id,
+        execution_id=ctx.execution_id, stream_id=goal.stream_id, body="\n".join(lines),
+        metadata={**output, "best": [
+            {"company_id": str(c.company_id), "name": c.name,
+             "quality_score": float(c.quality_score), "priority": c.priority,
+             "qualified": c.qualified} for c in best]},
+    )
 
 
 # Live discovery ----------------------------------------------------------------------
@@ -396,6 +446,9 @@ class OpportunityBot:
                         f"{len(chosen) - added} of the {len(chosen)} companies were "
                         "added to the stream by another run meanwhile"
                     )
+                key = await insight_store.run_key(conn, INSIGHT_KIND, ctx.task_id)
+                await insight_store.insert_insights(
+                    conn, [discovery_insight(ctx, goal, output, chosen, key)])
         return AgentResult(
             output=output,
             commit=commit,

@@ -639,3 +639,51 @@ async def company_rows(conn: Conn, company_ids: Sequence[UUID]) -> dict[UUID, di
         await cur.execute("SELECT * FROM companies WHERE id = ANY(%s::uuid[])",
                           (list(company_ids),))
         return {row["id"]: row for row in await cur.fetchall()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lead:
+    """A stream item scored ``critical`` or ``high``, with what explains its score
+    (``buying_signals``: the item's and its company's)."""
+
+    item_id: UUID
+    company_id: UUID
+    company_number: str
+    name: str
+    priority: str
+    quality_score: Decimal
+    score_details: dict[str, Any]
+    buying_signals: list[Any]
+    enrichment_quality: Decimal | None
+    data_completeness: Decimal | None
+
+
+async def scored_leads(conn: Conn, stream_id: UUID) -> dict[UUID, str]:
+    """The items a previous scoring already made ``critical`` or ``high`` (item id ->
+    priority): what is not news (commit hook, before :func:`apply_scores`)."""
+    cur = await conn.execute(
+        "SELECT id, priority FROM stream_items WHERE stream_id = %s "
+        "AND scored_at IS NOT NULL AND priority IN ('critical', 'high')",
+        (stream_id,),
+    )
+    return {row[0]: row[1] for row in await cur.fetchall()}
+
+
+async def leads(conn: Conn, stream_id: UUID) -> list[Lead]:
+    """The stream's ``critical`` and ``high`` items, best first."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            """
+            SELECT i.id AS item_id, c.id AS company_id, c.company_number, c.name,
+                   i.priority, i.quality_score, i.score_details,
+                   -- the item's signals and the company's (scored as external ones)
+                   i.buying_signals || CASE WHEN jsonb_typeof(c.buying_signals) = 'array'
+                       THEN c.buying_signals ELSE '[]'::jsonb END AS buying_signals,
+                   i.enrichment_quality, i.data_completeness
+            FROM stream_items i JOIN companies c ON c.id = i.company_id
+            WHERE i.stream_id = %s AND i.priority IN ('critical', 'high')
+            ORDER BY i.position NULLS LAST, i.quality_score DESC, c.name
+            """,
+            (stream_id,),
+        )
+        return [Lead(**row) for row in await cur.fetchall()]
