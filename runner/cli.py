@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -44,6 +45,7 @@ from runner.errors import (
 )
 from runner.migrate import check_schema_current, migrate
 from runner.plugins import InvalidPayload, Registry, UnknownAgentType, load_registry
+from runner.redaction import Redactor
 from runner.settings import Settings, SettingsError, load_settings
 from runner.store import agent_types
 from runner.store import operator as admin
@@ -173,14 +175,20 @@ def _say(message: str) -> None:
     print(f"agent-runner: {message}", file=sys.stderr, flush=True)
 
 
+def _configure_logging(settings: Settings, level: str | None = None) -> None:
+    """Log lines on stderr, with every secret the settings hold redacted."""
+    from runner import logs
+
+    logs.configure(settings.log_format, level or settings.log_level,
+                   redact=Redactor.from_settings(settings))
+
+
 # -- commands --------------------------------------------------------------------------
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from runner import logs
-
     # A plugin that fails to load is logged (agent_plugin_rejected, with its error).
-    logs.configure(settings.log_format, settings.log_level)
+    _configure_logging(settings)
     url = database_url(settings)
     applied = migrate(url)
     if applied:
@@ -202,10 +210,9 @@ def _register_agent_types(url: str, registry: Registry) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from runner import logs
     from runner.daemon import Daemon
 
-    logs.configure(settings.log_format, settings.log_level)
+    _configure_logging(settings)
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
     # The daemon waits for a database that is not up yet (RUNNER_DB_OUTAGE_LIMIT), then
     # refuses a schema that does not fit this build before it registers.
@@ -214,10 +221,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from runner import logs
-
     # A plugin that fails to load is logged (agent_plugin_rejected, with its error).
-    logs.configure(settings.log_format, settings.log_level)
+    _configure_logging(settings)
     with _connect(settings) as conn:
         agent = admin.find_agent(conn, args.agent)
         if agent is None:
@@ -551,12 +556,10 @@ class _CommandHost:
         _say(message)
 
     def configure_logging(self, *, at_least: str | None = None) -> None:
-        from runner import logs
-
         level: str = self._settings.log_level
         if at_least is not None:
             level = max(level, at_least, key=logging.getLevelName)
-        logs.configure(self._settings.log_format, level)
+        _configure_logging(self._settings, level)
 
     def database_url(self) -> str:
         return database_url(self._settings)
@@ -774,21 +777,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k.isupper() and v is not None}
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+    # Every message below may quote a secret (libpq quotes a DATABASE_URL it cannot
+    # parse; an API error its key): redacted, with what the settings hold once loaded.
+    redact = Redactor()
     try:
         settings = load_settings(**overrides)
+        redact = Redactor.from_settings(settings)
         return handler(args, settings)
     except SettingsError as exc:
-        print(f"agent-runner: {exc}", file=sys.stderr)
+        print(redact(f"agent-runner: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:
-        print(f"agent-runner: {exc}", file=sys.stderr)
+        print(redact(f"agent-runner: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except (CommandFailed, SchemaError, DatabaseUnreachable) as exc:
-        print(f"agent-runner: {exc}", file=sys.stderr)
+        print(redact(f"agent-runner: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     except psycopg.Error as exc:
         detail = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
-        print(f"agent-runner: database error: {detail}", file=sys.stderr)
+        print(redact(f"agent-runner: database error: {detail}".strip()), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("agent-runner: interrupted", file=sys.stderr)
@@ -799,6 +806,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except Exception:
+        # A bug: the traceback as Python would print it, and the same exit code, but
+        # redacted like everything else.
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

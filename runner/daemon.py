@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ from runner.http import MetricsServer
 from runner.migrate import check_schema_current
 from runner.outcomes import StopReason
 from runner.plugins import Registry, load_registry
+from runner.redaction import Redactor
 from runner.scheduler import scheduler_side_task
 from runner.settings import Settings
 from runner.store import Conn, agent_types, channels
@@ -58,13 +60,17 @@ _METRICS_REFRESH_SECONDS: Final = 5.0
 SideTask = Callable[["Daemon"], Coroutine[Any, Any, None]]
 
 
-async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _autocommit(
+    conn: psycopg.AsyncConnection[Any], *, scrub: Callable[[str], str] | None = None
+) -> None:
     """Pooled connections run in autocommit: single statements (procrastinate's fetch,
     the claim, the finish) then cost one round trip instead of BEGIN/…/COMMIT, and
     multi-statement writes say so with ``conn.transaction()``. Every text and JSON value
-    they send has its NUL characters removed (Postgres refuses them)."""
+    they send has its NUL characters removed (Postgres refuses them), and the API keys
+    ``scrub`` knows (runner.redaction: an error body echoing a key, a model repeating
+    one)."""
     await conn.set_autocommit(True)
-    make_storable(conn)
+    make_storable(conn, scrub=scrub)
 
 
 class _ReconnectSoon(AttemptWithBackoff):
@@ -324,7 +330,8 @@ class Daemon:
         settings = self.settings
         pool = DaemonPool(
             self.conninfo, min_size=2, max_size=settings.pool_size, open=False,
-            name="agent-runner", configure=_autocommit, timeout=settings.pool_timeout,
+            name="agent-runner", timeout=settings.pool_timeout,
+            configure=functools.partial(_autocommit, scrub=Redactor.for_storage(settings)),
             reconnect_timeout=settings.db_outage_limit,
             # A connection that broke while idle (a restart, a failover) is replaced
             # at checkout instead of failing its first statement.

@@ -2,7 +2,10 @@
 
 Log calls pass a stable event name as the message and details as ``extra``; the JSON
 formatter emits those details as fields. Secrets never reach a log call: settings hold
-them as ``SecretStr`` and no code logs settings.
+them as ``SecretStr`` and no code logs settings. As defence in depth, every formatted
+line also goes through a redactor (:class:`runner.redaction.Redactor`) that replaces
+the configured secret values and any URL's password: a library's debug line or an
+API error quoted in a log call cannot carry them out either.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -46,12 +50,32 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(log_format: str, level: str) -> None:
+class RedactingFormatter(logging.Formatter):
+    """Formats with ``inner``, then passes the whole line through ``redact``. On the
+    finished line rather than in a ``logging.Filter``: only there are the message, the
+    details and a traceback all text, wherever a secret may have come in."""
+
+    def __init__(self, inner: logging.Formatter, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(self._inner.format(record))
+
+
+def configure(
+    log_format: str, level: str, *, redact: Callable[[str], str] | None = None
+) -> None:
+    """One handler on stderr for every logger; ``redact`` (the CLI passes
+    ``Redactor.from_settings``) is applied to every line it writes."""
     handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        formatter = JsonFormatter()
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(formatter if redact is None else RedactingFormatter(formatter, redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

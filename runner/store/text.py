@@ -8,12 +8,17 @@ what the daemon writes, so :func:`make_storable` removes them once, in the adapt
 a connection, for every ``str`` parameter and every ``Json``/``Jsonb`` value sent
 through it, including business rows written by agents' commit hooks. Nothing else in
 the code base has to remember to clean anything.
+
+The daemon's connections also take a ``scrub`` (:meth:`runner.redaction.Redactor.
+for_storage`) that every such string passes through after its NULs are gone: the same
+one place keeps API keys out of error messages, task logs, outputs and the LLM ledger.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from psycopg.abc import AdaptContext, Buffer
@@ -105,10 +110,47 @@ _STR_DUMPERS = (
 )
 
 
-def make_storable(conn: AdaptContext) -> None:
+def make_storable(conn: AdaptContext, *, scrub: Callable[[str], str] | None = None) -> None:
     """Make every ``str`` and ``Json``/``Jsonb`` value sent through ``conn`` (a sync or
-    async connection, or a cursor) free of NUL characters. Idempotent; call it once
-    when the connection is made (the pools' ``configure``, the CLI's connect)."""
+    async connection, or a cursor) free of NUL characters, then pass it through
+    ``scrub`` if given. Idempotent; call it once when the connection is made (the
+    pools' ``configure``, the CLI's connect)."""
+    if scrub is None:
+        for dumper in _STR_DUMPERS:
+            conn.adapters.register_dumper(str, dumper)
+        set_json_dumps(storable_json_dumps, context=conn)
+        return
     for dumper in _STR_DUMPERS:
-        conn.adapters.register_dumper(str, dumper)
-    set_json_dumps(storable_json_dumps, context=conn)
+        conn.adapters.register_dumper(str, _scrubbing_dumper(dumper, scrub))
+    set_json_dumps(_scrubbing_json_dumps(scrub), context=conn)
+
+
+@functools.cache
+def _scrubbing_dumper(base: type[Any], scrub: Callable[[str], str]) -> type[Any]:
+    """``base`` (one of the NUL-stripping dumpers) with ``scrub`` applied first, after
+    the NULs are gone (a NUL inside a secret must not hide it from ``scrub``). Cached:
+    one class per dumper and scrub, however many connections a pool makes."""
+
+    def dump(self: Any, obj: str) -> Buffer | None:
+        return base.dump(self, scrub(obj.replace(NUL, "")))  # type: ignore[no-any-return]
+
+    return type(base.__name__, (base,), {"dump": dump})
+
+
+@functools.cache
+def _scrubbing_json_dumps(scrub: Callable[[str], str]) -> Callable[[Any], str]:
+    def dumps(obj: Any) -> str:
+        return json.dumps(_scrub(strip_nul(obj), scrub))
+
+    return dumps
+
+
+def _scrub(value: Any, scrub: Callable[[str], str]) -> Any:
+    # The values and keys, never the JSON text, whose escaping would hide a secret.
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, Mapping):
+        return {_scrub(key, scrub): _scrub(item, scrub) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item, scrub) for item in value]
+    return value
