@@ -83,10 +83,14 @@ it here would count the same evidence twice.
 ``hiring`` (careers page or job board linked from the website), ``new_officers``
 (appointments in the last 12 months: new decision makers) and ``tech_adoption``
 (e-commerce, marketing automation, chat, payment, analytics or A/B-testing tools in
-use). Recorded for the reader but named as the scoring agent's own rules
-(``outstanding_charges``, ``recent_incorporation``), which it re-derives and does not
-count twice. A run replaces its own earlier entries (``agent`` tag) and keeps other
-agents' entries.
+use). The company's stored filing history (``company_filings``: what the scout read
+from Companies House, or the demo's generated histories) adds ``funding_round`` (a
+share allotment, ``SH01``, processed in the last 12 months; strength as the scout's,
+``agents/signals.py``) and, when no officer list was fetched (offline), ``new_officers``
+from the appointments it records in the last 12 months. Recorded for the reader but
+named as the scoring agent's own rules (``outstanding_charges``,
+``recent_incorporation``), which it re-derives and does not count twice. A run replaces
+its own earlier entries (``agent`` tag) and keeps other agents' entries.
 """
 
 from __future__ import annotations
@@ -123,7 +127,10 @@ from agents.llm_judgements import (
     WebsiteSummary,
     summarise_website,
 )
+from agents.signals import FilingRecord, filing_signal
+from agents.signals import Signal as FilingSignal
 from agents.store import enrichment as store
+from agents.store import filings as filings_store
 from agents.store import insights as insight_store
 from agents.website import (
     DEFAULT_MAX_BYTES,
@@ -271,6 +278,7 @@ def buying_signals(
     officers: OfficerList | None,
     page: PageAnalysis | None,
     today: date,
+    filings: Sequence[FilingRecord] = (),
 ) -> list[dict[str, Any]]:
     signals: list[dict[str, Any]] = []
 
@@ -290,6 +298,25 @@ def buying_signals(
             add("new_officers", "0.3", "companies_house",
                 f"{len(recent)} officer appointment(s) in the last 12 months",
                 count=len(recent), latest=recent[-1].isoformat())
+    cutoff = today - timedelta(days=365)
+    filed: list[tuple[FilingRecord, FilingSignal]] = []
+    for record in filings:
+        classified = filing_signal(record, today) if record.filed_on > cutoff else None
+        if classified is not None:
+            filed.append((record, classified))
+    funding = [pair for pair in filed if pair[1].type == "funding_round"]
+    if funding:
+        latest, allotment = funding[0]  # newest first
+        add("funding_round", str(allotment.strength), "companies_house",
+            f"{len(funding)} share allotment(s) in the last 12 months; latest "
+            f"{latest.filed_on.isoformat()}", count=len(funding),
+            latest=latest.filed_on.isoformat(), transaction_id=latest.transaction_id)
+    appointed = [pair[0] for pair in filed if pair[1].type == "officer_change"
+                 and pair[1].facts.get("change") == "appointed"]
+    if officers is None and appointed:
+        add("new_officers", "0.3", "companies_house",
+            f"{len(appointed)} officer appointment(s) in the last 12 months (filing "
+            "history)", count=len(appointed), latest=appointed[0].filed_on.isoformat())
     if page is not None:
         tools = [d.name for d in page.detections if d.category in _TECH_SIGNAL_CATEGORIES]
         if tools:
@@ -447,6 +474,8 @@ class _Run:
     now: datetime
     semaphore: asyncio.Semaphore
     llm: LLMSession | None = None
+    #: Each company's stored filings of the last 12 months, newest first.
+    filings: dict[UUID, list[FilingRecord]] = dataclasses.field(default_factory=dict)
     abort: CompaniesHouseRejected | None = None
     #: An LLM outage or refusal: the remaining companies are skipped, the run ends.
     llm_abort: Exception | None = None
@@ -466,6 +495,9 @@ class EnrichmentAgent:
             if not await store.stream_exists(conn, payload.stream_id):
                 raise FailPermanently(f"stream_id: no stream with id {payload.stream_id}")
             items = await store.pending_items(conn, payload.stream_id, config.max_items)
+            filings = await filings_store.stored_filings(
+                conn, [item.company_id for item in items],
+                datetime.now(UTC).date() - timedelta(days=365))
 
         key = ctx.settings.companies_house_api_key
         online = key is not None and bool(key.get_secret_value())
@@ -489,7 +521,7 @@ class EnrichmentAgent:
         llm = LLMSession(ctx, policy=self._llm_policy) \
             if web is not None and config.llm_summaries and has_api_key(ctx.settings) else None
         run = _Run(ctx=ctx, config=config, ch=ch, web=web, today=now.date(), now=now,
-                   semaphore=asyncio.Semaphore(config.concurrency), llm=llm)
+                   semaphore=asyncio.Semaphore(config.concurrency), llm=llm, filings=filings)
         try:
             outcomes = list(await asyncio.gather(*(self._enrich(run, item) for item in items)))
         finally:
@@ -607,7 +639,7 @@ class EnrichmentAgent:
             accounts_category = profile.accounts.last_accounts.type or accounts_category
         active = officers.active_count if officers is not None else None
         signals = buying_signals(item, profile=profile, officers=officers, page=page,
-                                 today=run.today)
+                                 today=run.today, filings=run.filings.get(item.company_id, ()))
         description = industry_description(
             item.sic_texts, profile.sic_codes if profile is not None else item.sic_codes)
         summarised = False

@@ -79,6 +79,7 @@ from agents.companies_house import (
 )
 from agents.enrichment_agent import CompaniesHouseConfig, WebsiteConfig
 from agents.signals import FilingRecord, Signal, SignalType
+from agents.store import filings as filings_store
 from agents.store import insights as insight_store
 from agents.store import scout as store
 from agents.website import WebsiteError, analyse_page, fetch_page, website_client, website_url
@@ -185,7 +186,7 @@ class ScoutAgent:
                 streams = await store.assigned_streams(conn, org_id, ctx.agent.id)
             companies = await store.watched_companies(conn, org_id, streams,
                                                       config.max_companies)
-            stored = await store.stored_filings(
+            stored = await filings_store.stored_filings(
                 conn, [c.company_id for c in companies], since) \
                 if wanted & _FILING_TYPES else {}
 
@@ -222,7 +223,7 @@ class ScoutAgent:
             for finding in findings for signal in finding.signals
             if signal.strength >= threshold for scope in finding.company.streams
         ]
-        to_store = [store.StoredFiling(f.company.company_id, filing)
+        to_store = [filings_store.StoredFiling(f.company.company_id, filing)
                     for f in findings for filing in f.filings]
         found = sum(len(f.signals) for f in findings)
         above = sum(1 for f in findings for s in f.signals if s.strength >= threshold)
@@ -239,7 +240,7 @@ class ScoutAgent:
         )
 
         async def commit(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
-            await store.store_filings(conn, to_store)
+            await filings_store.store_filings(conn, to_store)
             written = await insight_store.insert_insights(conn, insights)
             return {"insights_created": len(written)}
 

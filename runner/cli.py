@@ -213,31 +213,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from runner.daemon import Daemon
 
     _configure_logging(settings)
-    warn_if_root(settings, os.geteuid())
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
     # The daemon waits for a database that is not up yet (RUNNER_DB_OUTAGE_LIMIT), then
     # refuses a schema that does not fit this build before it registers.
     with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
         return asyncio.run(Daemon(settings, url).run())
-
-
-ROOT_HINT = (
-    "the daemon needs no privileges: run it as a dedicated system user, as "
-    "systemd/agent-runner.service does (User=agent-runner; create the user with "
-    "`useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "
-    "agent-runner`; README, Deployment)"
-)
-
-
-def warn_if_root(settings: Settings, euid: int) -> bool:
-    """One ``running_as_root`` warning when the daemon runs as root against its own
-    ``DATABASE_URL``: an agent or a library bug would then act with every privilege
-    on the host. (Without it, the embedded Postgres already runs as an unprivileged
-    user of its own: runner.embedded_pg.)"""
-    if euid != 0 or not settings.database_url:
-        return False
-    logging.getLogger("runner.cli").warning("running_as_root", extra={"hint": ROOT_HINT})
-    return True
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -537,6 +517,172 @@ def _set_paused(settings: Settings, *, paused: bool) -> int:
     return EXIT_OK
 
 
+# -- webhooks --------------------------------------------------------------------------
+
+
+def _webhook_url(text: str) -> str:
+    from runner.webhooks import url_problem
+
+    problem = url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"the URL {problem}: {text!r}")
+    return text
+
+
+def _webhook_events(text: str) -> list[str]:
+    from runner.webhooks import EVENT_TYPES
+
+    known = ", ".join(EVENT_TYPES)
+    events = [event.strip() for event in text.split(",") if event.strip()]
+    if not events:
+        raise argparse.ArgumentTypeError(f"name at least one event (comma-separated): {known}")
+    unknown = [event for event in events if event not in EVENT_TYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown event{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"known events: {known}")
+    return list(dict.fromkeys(events))
+
+
+def _webhook_secret(text: str) -> str:
+    from runner.webhooks import secret_problem
+
+    problem = secret_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _endpoint_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a webhook endpoint id (a UUID, see `agent-runner webhooks list`): {text!r}"
+        ) from None
+
+
+def cmd_webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.settings import redact_url
+    from runner.store import webhooks as hooks
+
+    with _connect(settings) as conn:
+        rows = hooks.list_endpoints(conn)
+    for row in rows:
+        row["url"] = redact_url(row["url"])
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for row in rows:
+        row["events"] = ",".join(row["events"])
+    _print_table(rows, ["id", "url", "events", "is_active", "allow_private", "open_deliveries",
+                        "succeeded", "failed_attempts", "last_delivered_at"])
+    return EXIT_OK
+
+
+def cmd_webhooks_add(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.settings import redact_url
+    from runner.store import webhooks as hooks
+    from runner.webhooks import literal_address_problem, new_secret, resolved_address_problem
+
+    shown = redact_url(args.url)
+    if not args.allow_private:
+        problem = literal_address_problem(args.url)
+        if problem is None:
+            try:
+                problem = asyncio.run(resolved_address_problem(args.url))
+            except OSError as exc:
+                _say(f"warning: {exc}; every delivery resolves it again, and refuses a "
+                     "private or loopback address")
+        if problem is not None:
+            raise UsageError(
+                f"refusing {shown}: {problem}. Pass --allow-private to deliver to a "
+                "private or loopback address (a receiver on this host or network)")
+    with _connect(settings) as conn:
+        row = hooks.add_endpoint(conn, url=args.url, events=args.events,
+                                 secret=args.secret or new_secret(),
+                                 allow_private=args.allow_private)
+    row["url"] = redact_url(row["url"])
+    if args.json:
+        _print_json(row)
+        return EXIT_OK
+    print(f"id: {row['id']}")
+    print(f"secret: {row['secret']}")
+    _say(f"webhook endpoint added: {', '.join(row['events'])} -> {row['url']}; verify the "
+         "webhook-signature header with the secret above (Standard Webhooks)")
+    return EXIT_OK
+
+
+def cmd_webhooks_test(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.webhooks import WebhookOptions, send_test_event
+
+    with _connect(settings) as conn:
+        report = send_test_event(conn, args.endpoint_id, WebhookOptions.from_settings(settings))
+    if report is None:
+        raise CommandFailed(f"no webhook endpoint {args.endpoint_id}")
+    result = report.result
+    if result.succeeded:
+        print(f"delivered: HTTP {result.response_status} (webhook-id {report.webhook_id})")
+        return EXIT_OK
+    raise CommandFailed(f"test delivery failed: {result.error} (webhook-id "
+                        f"{report.webhook_id}; a test is not retried)")
+
+
+def cmd_webhooks_deliveries(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store import webhooks as hooks
+
+    with _connect(settings) as conn:
+        if args.endpoint_id and not hooks.endpoint_exists(conn, args.endpoint_id):
+            raise CommandFailed(f"no webhook endpoint {args.endpoint_id}")
+        rows = hooks.list_deliveries(conn, endpoint_id=args.endpoint_id, limit=args.limit)
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, ["created_at", "endpoint_id", "event_type", "webhook_id", "attempt",
+                            "status", "response_status", "error"])
+    return EXIT_OK
+
+
+def _add_webhook_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "webhooks", help="webhook endpoints: list | add | test | deliveries",
+        description="Events (task.completed, task.failed, run.completed, run.failed, "
+                    "lead.critical, budget.reached) are POSTed as JSON {type, timestamp, "
+                    "data} to every active endpoint subscribed to them, signed as Standard "
+                    "Webhooks specifies (headers webhook-id, webhook-timestamp, "
+                    "webhook-signature), and retried with backoff for at least 24 h until "
+                    "the endpoint answers 2xx. Every attempt is recorded.")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_webhooks_list)
+    hooks = p.add_subparsers(dest="webhooks_command", parser_class=_Parser, metavar="ACTION")
+    q = hooks.add_parser("list", help="every endpoint with its delivery figures (default)")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_webhooks_list)
+    q = hooks.add_parser("add", help="add an endpoint; prints its id and signing secret")
+    q.add_argument("url", type=_webhook_url, help="the http(s) URL events are POSTed to")
+    q.add_argument("--events", type=_webhook_events, required=True,
+                   help="comma-separated events to send, e.g. task.failed,lead.critical")
+    q.add_argument("--secret", type=_webhook_secret,
+                   help="the signing secret: whsec_ + base64 of 24-64 bytes "
+                        "(default: a new random one)")
+    q.add_argument("--allow-private", action="store_true",
+                   help="allow a private or loopback address (a receiver on this host or "
+                        "network); refused otherwise")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_webhooks_add)
+    q = hooks.add_parser("test", help="send a signed webhook.test event to an endpoint now "
+                                      "and print the answer (exit 1 unless 2xx)")
+    q.add_argument("endpoint_id", type=_endpoint_id, help="the endpoint's id")
+    q.set_defaults(handler=cmd_webhooks_test)
+    q = hooks.add_parser("deliveries", help="the latest delivery attempts, newest first")
+    q.add_argument("endpoint_id", type=_endpoint_id, nargs="?",
+                   help="only this endpoint's attempts")
+    q.add_argument("--limit", type=_positive_int, default=50,
+                   help="how many attempts to show (default 50)")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_webhooks_deliveries)
+
+
 # -- commands from agent packages ------------------------------------------------------
 
 
@@ -771,6 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="restart claiming on every daemon")
     p.set_defaults(handler=cmd_resume)
 
+    _add_webhook_commands(sub)
     _add_agent_commands(sub)
     return parser
 

@@ -80,6 +80,7 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(level)
     # procrastinate logs every job start/end at INFO, APScheduler every job it adds:
-    # the executor and the scheduler log what matters, with task ids.
-    for noisy in ("procrastinate", "apscheduler"):
+    # the executor and the scheduler log what matters, with task ids. httpx logs every
+    # request's URL at INFO, and a webhook URL may carry a credential.
+    for noisy in ("procrastinate", "apscheduler", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

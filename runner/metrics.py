@@ -65,6 +65,7 @@ __all__ = [
     "REGISTRY",
     "TASK_STATUSES",
     "TOKEN_KINDS",
+    "WEBHOOK_OUTCOMES",
     "BoundedLabelValues",
     "DbSnapshot",
     "DbSnapshotCollector",
@@ -87,6 +88,7 @@ __all__ = [
     "set_db_snapshot",
     "set_in_flight",
     "task_started",
+    "webhook_delivery",
 ]
 
 # Vocabularies -------------------------------------------------------------------------
@@ -106,6 +108,11 @@ HTTP_OUTCOMES: Final[tuple[str, ...]] = get_args(HttpOutcome)
 
 TokenKind = Literal["input", "output", "cache_creation", "cache_read"]
 TOKEN_KINDS: Final[tuple[str, ...]] = get_args(TokenKind)
+
+#: Outcomes of one webhook delivery attempt (runner.webhooks.DeliveryOutcome).
+WEBHOOK_OUTCOMES: Final = (
+    "delivered", "retry", "gave_up", "fenced", "interrupted", "unrecorded",
+)
 
 #: Distinct ``model`` label values kept before further ones are counted as ``"other"``.
 MAX_MODELS: Final = 32
@@ -221,6 +228,14 @@ _http_calls = Counter(
     ["service", "outcome"],
     registry=REGISTRY,
 )
+_webhook_deliveries = Counter(
+    "agent_runner_webhook_deliveries",
+    "Webhook delivery attempts this daemon made, by outcome: delivered (2xx), retry "
+    "(failed, attempted again later), gave_up (failed after 24 h of retries), fenced "
+    "(its lease was lost), interrupted (handed back at shutdown), unrecorded.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 _db_snapshot_errors = Counter(
     "agent_runner_db_snapshot_errors",
     "Failed refreshes of the task figures read from Postgres.",
@@ -233,6 +248,8 @@ _db_snapshot_errors = Counter(
 for _service in HTTP_SERVICES:
     for _http_outcome in HTTP_OUTCOMES:
         _http_calls.labels(_service, _http_outcome)
+for _webhook_outcome in WEBHOOK_OUTCOMES:
+    _webhook_deliveries.labels(_webhook_outcome)
 # Known from the start, like python_info; daemon_started() restates it.
 _build_info.labels(__version__).set(1)
 
@@ -375,6 +392,11 @@ def http_call(*, service: str, outcome: str) -> None:
         _closed(service, HTTP_SERVICES, "HTTP service"),
         _closed(outcome, HTTP_OUTCOMES, "HTTP outcome"),
     ).inc()
+
+
+def webhook_delivery(outcome: str) -> None:
+    """One webhook delivery attempt ended (``outcome`` in :data:`WEBHOOK_OUTCOMES`)."""
+    _webhook_deliveries.labels(_closed(outcome, WEBHOOK_OUTCOMES, "webhook outcome")).inc()
 
 
 def classify_http_status(status_code: int) -> HttpOutcome:

@@ -72,6 +72,18 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=3600, alias="RUNNER_CRON_RELOAD_INTERVAL"
     )
 
+    # Webhook deliveries (runner/webhooks.py): attempts in flight per daemon, the deadline
+    # of one attempt (resolve, connect, answer), and the retry backoff: about base,
+    # 2*base, 4*base ... capped, for at least 24 h after the event.
+    webhook_concurrency: int = Field(default=4, ge=1, le=100, alias="RUNNER_WEBHOOK_CONCURRENCY")
+    webhook_timeout: float = Field(default=10.0, gt=0, le=300, alias="RUNNER_WEBHOOK_TIMEOUT")
+    webhook_retry_base_delay: float = Field(
+        default=5.0, gt=0, le=3600, alias="RUNNER_WEBHOOK_RETRY_BASE_DELAY"
+    )
+    webhook_retry_max_delay: float = Field(
+        default=3600.0, gt=0, le=86400, alias="RUNNER_WEBHOOK_RETRY_MAX_DELAY"
+    )
+
     anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, alias="ANTHROPIC_BASE_URL")
     companies_house_api_key: SecretStr | None = Field(default=None, alias="COMPANIES_HOUSE_API_KEY")
@@ -162,6 +174,10 @@ def _contradictions(settings: Settings) -> Iterator[str]:
     if settings.retry_base_delay > settings.retry_max_delay:
         yield (f"RUNNER_RETRY_BASE_DELAY ({settings.retry_base_delay:g} s) must not exceed "
                f"RUNNER_RETRY_MAX_DELAY ({settings.retry_max_delay:g} s)")
+    if settings.webhook_retry_base_delay > settings.webhook_retry_max_delay:
+        yield (f"RUNNER_WEBHOOK_RETRY_BASE_DELAY ({settings.webhook_retry_base_delay:g} s) must "
+               f"not exceed RUNNER_WEBHOOK_RETRY_MAX_DELAY "
+               f"({settings.webhook_retry_max_delay:g} s)")
     if settings.db_outage_limit < rescue:
         yield (f"RUNNER_DB_OUTAGE_LIMIT ({settings.db_outage_limit:g} s) must be at least "
                f"RUNNER_RESCUE_AFTER ({rescue:g} s): a daemon would give up on the database "

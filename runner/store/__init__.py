@@ -8,6 +8,7 @@
 * :mod:`~runner.store.monitoring` -- the figures behind the gauges, the health probe
 * :mod:`~runner.store.channels` -- the LISTEN/NOTIFY channel names
 * :mod:`~runner.store.agent_types` -- the agent types plugins registered (migrate, start)
+* :mod:`~runner.store.webhooks` -- webhook endpoints, claims and records of attempts
 * :mod:`~runner.store.text` -- NUL-free text and JSON on every connection (no SQL)
 
 Outside this package only ``runner.migrate`` sends SQL (the migration files). The rules

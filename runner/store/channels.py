@@ -14,6 +14,8 @@ SCHEDULES: Final = "agent_runner_schedules"
 WORKFLOWS: Final = "agent_runner_workflows"
 #: A task log line was written (``agent-runner logs --follow``).
 LOGS: Final = "agent_runner_logs"
+#: A webhook attempt became due (an event written, a retry scheduled, a claim handed back).
+WEBHOOKS: Final = "agent_runner_webhooks"
 
 
 async def listen(conn: Conn, channel: str) -> None:
@@ -23,4 +25,4 @@ async def listen(conn: Conn, channel: str) -> None:
     await conn.execute(f"LISTEN {channel}")
 
 
-_ALL: Final = frozenset({CONTROL, SCHEDULES, WORKFLOWS, LOGS})
+_ALL: Final = frozenset({CONTROL, SCHEDULES, WORKFLOWS, LOGS, WEBHOOKS})

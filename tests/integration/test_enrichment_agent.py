@@ -312,6 +312,33 @@ async def test_offline_mode_fetches_websites_only_when_configured(
     assert "Shopify" in company(conn, "02000003")["tech_stack"]
 
 
+async def test_stored_filing_history_adds_funding_and_new_officers_offline(
+    conn: Conn, pool: AsyncConnectionPool,
+) -> None:
+    company_id = add_company(conn, "02000004", "FUNDED LTD")
+    old = (TODAY - timedelta(days=400)).isoformat()
+    for txid, form, category, filed_on in (
+            ("T1", "SH01", "capital", (TODAY - timedelta(days=12)).isoformat()),
+            ("T2", "SH01", "capital", (TODAY - timedelta(days=100)).isoformat()),
+            ("T3", "AP01", "officers", RECENT),
+            ("T4", "SH01", "capital", old),
+            ("T5", "CS01", "confirmation-statement", RECENT)):
+        conn.execute(
+            "INSERT INTO company_filings (company_id, transaction_id, type, category, "
+            "filed_on, source) VALUES (%s, %s, %s, %s, %s, 'generated')",
+            (company_id, txid, form, category, filed_on))
+    stream_id = new_stream(conn, [company_id])
+    task_id = enqueue(conn, {"stream_id": stream_id})
+    assert await run_task_inline(pool, task_id, registry=REGISTRY,
+                                 settings=test_settings()) is Outcome.COMPLETED
+    signals = {s["type"]: s for s in company(conn, "02000004")["buying_signals"]}
+    assert signals["funding_round"]["strength"] == 0.9  # the newest allotment, 12 days
+    assert signals["funding_round"]["count"] == 2  # the 400-day-old one is not counted
+    assert signals["funding_round"]["source"] == "companies_house"
+    assert signals["new_officers"]["count"] == 1
+    assert "recent_incorporation" not in signals
+
+
 async def test_a_refused_key_fails_the_task_and_leaves_items_pending(
     conn: Conn, pool: AsyncConnectionPool, ch: CompaniesHouseStandIn, stream: str,
 ) -> None:
