@@ -32,7 +32,8 @@ EXPOSE 9464
 
 # Exec form, no shell in between: the daemon is PID 1 (or tini's child with --init)
 # and receives SIGTERM itself, stops claiming, and hands unfinished work back within
-# RUNNER_SHUTDOWN_GRACE (30 s). Give `docker stop` longer than that: -t 45.
+# RUNNER_SHUTDOWN_GRACE (30 s). Give `docker stop` the grace + 15 s (as the systemd
+# unit's TimeoutStopSec does): -t 45.
 STOPSIGNAL SIGTERM
 # /healthz answers 200 while the daemon reaches Postgres. The slim image has no curl;
 # the port follows RUNNER_METRICS_ADDR.

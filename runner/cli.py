@@ -213,11 +213,31 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from runner.daemon import Daemon
 
     _configure_logging(settings)
+    warn_if_root(settings, os.geteuid())
     # Through the log, so that RUNNER_LOG_FORMAT=json output stays one JSON per line.
     # The daemon waits for a database that is not up yet (RUNNER_DB_OUTAGE_LIMIT), then
     # refuses a schema that does not fit this build before it registers.
     with _database_for_daemon(settings, logging.getLogger("runner.cli").info) as url:
         return asyncio.run(Daemon(settings, url).run())
+
+
+ROOT_HINT = (
+    "the daemon needs no privileges: run it as a dedicated system user, as "
+    "systemd/agent-runner.service does (User=agent-runner; create the user with "
+    "`useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "
+    "agent-runner`; README, Deployment)"
+)
+
+
+def warn_if_root(settings: Settings, euid: int) -> bool:
+    """One ``running_as_root`` warning when the daemon runs as root against its own
+    ``DATABASE_URL``: an agent or a library bug would then act with every privilege
+    on the host. (Without it, the embedded Postgres already runs as an unprivileged
+    user of its own: runner.embedded_pg.)"""
+    if euid != 0 or not settings.database_url:
+        return False
+    logging.getLogger("runner.cli").warning("running_as_root", extra={"hint": ROOT_HINT})
+    return True
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:

@@ -63,14 +63,29 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
 
 
+#: What a daemon does after its grace period (hand interrupted tasks back, unregister in
+#: at most 5 s, close its pool, stop an embedded Postgres): the unit's documented
+#: TimeoutStopSec = RUNNER_SHUTDOWN_GRACE + STOP_MARGIN_SECONDS. Measured with a real
+#: daemon in tests/acceptance/test_deployment.py.
+STOP_MARGIN_SECONDS = 15
+
+
 def test_systemd_unit_outlasts_the_shutdown_grace() -> None:
     unit = _unit_settings()
     assert unit["Type"] == ["notify"]
     assert unit["KillSignal"] == ["SIGTERM"]
-    grace = Settings.model_fields["shutdown_grace"].default
-    assert float(unit["TimeoutStopSec"][0]) > grace + 10, (
+    environment = dict(entry.split("=", 1) for entry in unit["Environment"])
+    grace = float(environment["RUNNER_SHUTDOWN_GRACE"])
+    # Pinned beside TimeoutStopSec, and the same as the daemon's own default.
+    assert grace == Settings.model_fields["shutdown_grace"].default
+    assert float(unit["TimeoutStopSec"][0]) >= grace + STOP_MARGIN_SECONDS, (
         "systemd must not SIGKILL the daemon while it is still handing work back"
     )
+    # The rule is written where an operator changing either will read it.
+    assert f"TimeoutStopSec = RUNNER_SHUTDOWN_GRACE + {STOP_MARGIN_SECONDS}" in UNIT.read_text()
+    assert f"at least this + {STOP_MARGIN_SECONDS}" in ENV_EXAMPLE.read_text()
+    # ... and the Dockerfile's advice for `docker stop` follows the same rule.
+    assert f"-t {grace + STOP_MARGIN_SECONDS:g}" in DOCKERFILE.read_text()
     heartbeat = Settings.model_fields["heartbeat_interval"].default
     assert heartbeat < float(unit["WatchdogSec"][0]) / 2, "each heartbeat feeds the watchdog"
 
