@@ -1,9 +1,21 @@
-"""``agent-runner``: the admin CLI. Exit codes: 0 success, 1 operation failed, 2 usage.
+"""agent-runner: run business-intelligence agents as background tasks on PostgreSQL.
 
-Every flag can also be set by its environment variable (CONTRACT.md); flags win.
-Commands that talk to Postgres need ``DATABASE_URL`` (a usage error without it),
-except ``run`` and ``demo``, which start the embedded Postgres under
-``RUNNER_DATA_DIR`` instead and say so on stderr.
+Exit codes: 0 success, 1 the operation failed (the reason on stderr), 2 usage error.
+
+Settings come from environment variables (and a .env file); every flag of `run` can also
+be set by its variable (--concurrency by RUNNER_CONCURRENCY, and so on), and flags win.
+Commands that talk to PostgreSQL need DATABASE_URL (a libpq URI such as
+postgresql://user@host/dbname), except `run` and `demo`, which start an embedded
+PostgreSQL under RUNNER_DATA_DIR instead and say so on stderr.
+
+Read commands take --json (one JSON document on stdout). Where --payload (or --config,
+--criteria, --targets) takes a JSON object, @FILE reads it from a file and - from
+standard input.
+
+Getting started: `agent-runner agents create`, `agent-runner streams create`,
+`agent-runner streams assign`, then `agent-runner enqueue` the stream's first agent (its
+dependents follow) or `agent-runner streams trigger`; `agent-runner COMMAND --help` for
+each command.
 """
 
 from __future__ import annotations
@@ -74,14 +86,35 @@ def _priority(text: str) -> int:
     return value
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--payload is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--payload must be a JSON object")
-    return value
+def _json_option(flag: str) -> Callable[[str], dict[str, Any]]:
+    """An argparse ``type``: a JSON object given inline, as ``@FILE`` (read from the
+    file) or as ``-`` (read from standard input). JSON never starts with ``@``."""
+
+    def parse(text: str) -> dict[str, Any]:
+        source, where = text, ""
+        if text == "-":
+            source, where = sys.stdin.read(), " (standard input)"
+        elif text.startswith("@"):
+            where = f" ({text[1:]})"
+            try:
+                with open(text[1:], encoding="utf-8") as file:
+                    source = file.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise argparse.ArgumentTypeError(
+                    f"{flag} {text}: cannot read the file: {reason}") from None
+        try:
+            value = json.loads(source)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"{flag}{where} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"{flag}{where} must be a JSON object")
+        return value
+
+    return parse
+
+
+_json_object = _json_option("--payload")
 
 
 def _timestamp(text: str) -> dt.datetime:
@@ -253,7 +286,11 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         except (InvalidPayload, UnknownAgentType) as exc:
             raise CommandFailed(str(exc)) from None
         task_id = admin.enqueue(conn, str(agent["id"]), args.payload, args.priority, args.at)
+        run = admin.task_workflow_run(conn, task_id)
     print(task_id)
+    if run is not None:
+        _say(f"the task starts run {run['id']} of stream {run['stream_name']}: the agents "
+             "after it in the stream follow when it completes")
     return EXIT_OK
 
 
@@ -295,9 +332,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     task = document["task"]
     for key, value in task.items():
-        if key in ("payload", "output"):
-            value = json.dumps(value, default=_json_value) if value is not None else None
-        print(f"{key:>22}: {value if value is not None else '-'}")
+        print(f"{key:>22}: {_readable(value)}")
     print("\nexecutions:")
     _print_table(document["executions"],
                  ["attempt", "status", "started_at", "duration_ms", "llm_calls", "cost_usd",
@@ -445,9 +480,7 @@ def cmd_agents_show(args: argparse.Namespace, settings: Settings) -> int:
         _print_json(document)
         return EXIT_OK
     for key, value in document["agent"].items():
-        if isinstance(value, dict | list):
-            value = json.dumps(value, default=_json_value)
-        print(f"{key:>26}: {value if value is not None and value != '' else '-'}")
+        print(f"{key:>26}: {_readable(value)}")
     print("\nstreams:")
     _print_table(document["assignments"], ["stream_name", "assignment_role", "execution_order",
                                            "is_active", "total_executions", "last_executed_at"])
@@ -510,6 +543,297 @@ def _next_fire(cron: str, timezone: str, after: dt.datetime) -> dt.datetime | No
         # Written before validation existed: it must not break the listing.
         return None
     return None if fire is None else fire.astimezone(ZoneInfo(timezone))
+
+
+# -- creating agents; streams and their workflows --------------------------------------
+
+
+def _cron_expression(text: str) -> str:
+    """An argparse ``type``: a schedule in the grammar the database accepts."""
+    from runner.cron import cron_problem
+
+    problem = cron_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f'invalid cron expression "{text}": {problem}')
+    return text
+
+
+def _time_zone(text: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f'unknown time zone "{text}" (use a name such as Europe/London or UTC)') from None
+    return text
+
+
+def _tool_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one tool (comma-separated)")
+    return list(dict.fromkeys(names))
+
+
+def _max_steps(text: str) -> int:
+    value = positive_int(text)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(f"--max-steps must be between 1 and 1000, got {value}")
+    return value
+
+
+def _order(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--order must be an integer, got {text!r}") from None
+
+
+@contextlib.contextmanager
+def _refusal_is_failure() -> Iterator[None]:
+    """A write the database refuses (an unknown agent type, a dependency cycle, a bad
+    schedule...) fails the command with the database's own words; nothing was written."""
+    try:
+        yield
+    except (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.NoDataFound,
+            psycopg.errors.RaiseException) as exc:
+        detail = exc.diag.message_primary or str(exc)
+        raise CommandFailed(detail) from None
+
+
+def _resolve_agent(conn: psycopg.Connection[Any], name_or_id: str) -> dict[str, Any]:
+    agent = admin.find_agent(conn, name_or_id)
+    if agent is None:
+        raise CommandFailed(f"unknown agent: {name_or_id}")
+    return agent
+
+
+def _resolve_stream(conn: psycopg.Connection[Any], name_or_id: str) -> dict[str, Any]:
+    found = admin.find_streams(conn, name_or_id)
+    if not found:
+        raise CommandFailed(f"unknown stream: {name_or_id}")
+    if len(found) > 1 and str(found[0]["id"]) != name_or_id.lower():
+        raise CommandFailed(f'{len(found)} streams are named "{name_or_id}"; pass the id of '
+                            "the one you mean (agent-runner streams list)")
+    return found[0]
+
+
+def _schedule_text(cron: str | None, timezone: str) -> str:
+    if cron is None:
+        return "none"
+    fire = _next_fire(cron, timezone, dt.datetime.now(dt.UTC))
+    return f"{cron} ({timezone}), next fire {fire.isoformat() if fire else 'never'}"
+
+
+def cmd_agents_create(args: argparse.Namespace, settings: Settings) -> int:
+    columns: dict[str, Any] = {}
+    for column, value in (("configuration", args.config), ("schedule_cron", args.cron),
+                          ("schedule_timezone", args.tz), ("model", args.model),
+                          ("instructions_prompt", args.instructions),
+                          ("tool_names", args.tools), ("max_agent_steps", args.max_steps)):
+        if value is not None:
+            columns[column] = value
+    with _connect(settings) as conn:
+        if admin.find_agent(conn, args.name) is not None:
+            raise CommandFailed(f'an agent named "{args.name}" already exists')
+        with _refusal_is_failure():
+            agent_id = admin.create_agent(conn, name=args.name, agent_type=args.agent_type,
+                                          columns=columns)
+    print(agent_id)
+    note = f"; schedule {_schedule_text(args.cron, args.tz or 'UTC')}" if args.cron else ""
+    _say(f"created agent {args.name} ({args.agent_type}){note}")
+    return EXIT_OK
+
+
+def cmd_streams_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        rows = admin.list_streams(conn)
+    now = dt.datetime.now(dt.UTC)
+    for row in rows:
+        row["next_fire"] = (_next_fire(row["schedule_cron"], row["schedule_timezone"], now)
+                            if row["schedule_cron"] else None)
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(rows, ["name", "id", "agents", "schedule_cron", "next_fire", "items",
+                            "qualified", "last_run_status", "last_run_at"])
+    return EXIT_OK
+
+
+def cmd_streams_create(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        if admin.find_streams(conn, args.name):
+            raise CommandFailed(f'a stream named "{args.name}" already exists')
+        with _refusal_is_failure():
+            stream_id = admin.create_stream(
+                conn, name=args.name, description=args.description,
+                goal_criteria=args.criteria, target_metrics=args.targets)
+    print(stream_id)
+    _say(f"created stream {args.name}; next: agent-runner streams assign {args.name} AGENT")
+    return EXIT_OK
+
+
+def cmd_streams_show(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        stream = _resolve_stream(conn, args.stream)
+        document = admin.show_stream(conn, str(stream["id"]))
+    if document is None:
+        raise CommandFailed(f"unknown stream: {args.stream}")
+    info = document["stream"]
+    info["next_fire"] = (_next_fire(info["schedule_cron"], info["schedule_timezone"],
+                                    dt.datetime.now(dt.UTC)) if info["schedule_cron"] else None)
+    if args.json:
+        _print_json(document)
+        return EXIT_OK
+    for key in ("id", "name", "description", "goal_criteria", "target_metrics"):
+        print(f"{key:>16}: {_readable(info[key])}")
+    print(f"{'schedule':>16}: {_schedule_text(info['schedule_cron'], info['schedule_timezone'])}")
+    progress = document["progress"]
+    target = f" of {progress['target']}" if progress["target"] is not None else ""
+    print(f"{'progress':>16}: {progress['items']} items{target}, {progress['enriched']} "
+          f"enriched, {progress['scored']} scored, {progress['qualified']} qualified "
+          f"(critical {progress['critical']}, high {progress['high']}, medium "
+          f"{progress['medium']}, low {progress['low']})")
+    print("\nagents (a run starts with those after nothing; each starts when those it "
+          "comes after completed):")
+    agents = [{**row, "after": ", ".join(row["depends_on"]) or "-"}
+              for row in document["agents"]]
+    _print_table(agents, ["execution_order", "agent_name", "agent_type", "after",
+                          "assignment_role", "is_active", "auto_execute", "total_executions",
+                          "last_executed_at"])
+    print("\nrecent runs:")
+    _print_table(document["runs"], ["id", "trigger", "root_agent", "status", "created_at",
+                                    "completed_at", "error_message"])
+    if document["scheduled_fires"]:
+        print("\nrecent scheduled fires:")
+        _print_table(document["scheduled_fires"],
+                     ["fire_time", "outcome", "workflow_run_id", "note"])
+    return EXIT_OK
+
+
+def cmd_streams_assign(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        stream = _resolve_stream(conn, args.stream)
+        agent = _resolve_agent(conn, args.agent)
+        after = [_resolve_agent(conn, name) for name in args.after]
+        # The payload a run gives the agent as a step must be one it accepts: refuse now
+        # rather than fail every run.
+        agent_type, payload = admin.workflow_payload(
+            conn, stream_id=str(stream["id"]), agent_id=str(agent["id"]))
+        try:
+            load_registry().validate(agent_type, payload)
+        except InvalidPayload as exc:
+            raise CommandFailed(
+                f'agent {agent["name"]} ({agent_type}) cannot run as a step of stream '
+                f'{stream["name"]}: its payload would be {json.dumps(payload)}, and {exc}'
+            ) from None
+        except UnknownAgentType as exc:
+            _say(f"warning: {exc}; its payload is not checked here")
+        with _refusal_is_failure():
+            result = admin.assign_agent(
+                conn, stream_id=str(stream["id"]), agent_id=str(agent["id"]),
+                after=[str(a["id"]) for a in after], order=args.order, role=args.role)
+    verb = "assigned" if result["created"] else "updated the assignment of"
+    names = ", ".join(a["name"] for a in after)
+    print(f"{verb} {agent['name']} to stream {stream['name']} (order "
+          f"{result['execution_order']}, {f'after {names}' if names else 'after nothing'})")
+    return EXIT_OK
+
+
+def cmd_streams_trigger(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        stream = _resolve_stream(conn, args.stream)
+        with _refusal_is_failure():
+            run_id, steps = admin.trigger_stream(conn, str(stream["id"]), args.priority)
+    print(run_id)
+    started = ", ".join(step["agent_name"] for step in steps if step["task_id"])
+    _say(f"started run {run_id} of stream {stream['name']}: {started} enqueued; the agents "
+         f"after them follow (agent-runner streams show {stream['name']})")
+    return EXIT_OK
+
+
+def _cron_or_off(text: str) -> str | None:
+    """An argparse ``type``: a cron expression, or ``off`` (no schedule)."""
+    return None if text.strip().lower() in ("off", "none") else _cron_expression(text)
+
+
+def cmd_streams_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn:
+        stream = _resolve_stream(conn, args.stream)
+        with _refusal_is_failure():
+            row = admin.schedule_stream(conn, str(stream["id"]), args.cron, args.tz)
+    if row["schedule_cron"] is None:
+        print(f"stream {row['name']}: no schedule")
+    else:
+        print(f"stream {row['name']}: a run at every fire of "
+              f"{_schedule_text(row['schedule_cron'], row['schedule_timezone'])}")
+    return EXIT_OK
+
+
+def _add_stream_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    json_help = "a JSON object; @FILE reads it from a file, - from standard input"
+    p = sub.add_parser(
+        "streams", help="streams and their workflows: list | create | show | assign | "
+                        "trigger | schedule")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_streams_list)
+    streams = p.add_subparsers(dest="streams_command", parser_class=_Parser, metavar="ACTION")
+    q = streams.add_parser("list", help="every stream with its agents, schedule and progress "
+                                        "(default)")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_streams_list)
+
+    q = streams.add_parser("create", help="create a stream; prints its id")
+    q.add_argument("name", help="the stream's name")
+    q.add_argument("--criteria", type=_json_option("--criteria"), default={},
+                   help="goal criteria, e.g. '{\"industry\": [\"FinTech\"], \"location\": "
+                        "[\"UK\"], \"employee_count\": {\"min\": 10, \"max\": 500}}'; "
+                        + json_help)
+    q.add_argument("--targets", type=_json_option("--targets"), default={},
+                   help="target metrics, e.g. '{\"companies_to_find\": 50, "
+                        "\"min_quality_score\": 4.0}'; " + json_help)
+    q.add_argument("--description", default="", help="what the stream is for")
+    q.set_defaults(handler=cmd_streams_create)
+
+    q = streams.add_parser("show", help="one stream: goal, schedule, agents, progress, runs")
+    q.add_argument("stream", help="stream name or id")
+    _json_flag(q, inherited=True)
+    q.set_defaults(handler=cmd_streams_show)
+
+    q = streams.add_parser(
+        "assign", help="assign an agent to a stream, after other agents of it",
+        description="Assign AGENT to STREAM. With --after, it starts in a run when those "
+                    "agents have completed; without, it is where a run starts. Assigning an "
+                    "agent again replaces its --after list (and --order / --role if given).")
+    q.add_argument("stream", help="stream name or id")
+    q.add_argument("agent", help="agent name or id")
+    q.add_argument("--after", action="append", default=[], metavar="AGENT",
+                   help="an agent of the stream this one waits for (repeat for several)")
+    q.add_argument("--order", type=_order, default=None,
+                   help="execution_order: orders agents that become ready together "
+                        "(default: after the stream's last)")
+    q.add_argument("--role", default=None, help="assignment_role, e.g. primary, enrichment, "
+                                                "scoring (default primary)")
+    q.set_defaults(handler=cmd_streams_assign)
+
+    q = streams.add_parser("trigger", help="start a run of the stream's workflow; prints its id")
+    q.add_argument("stream", help="stream name or id")
+    q.add_argument("--priority", type=_priority, default=5, help="1-10, higher runs first")
+    q.set_defaults(handler=cmd_streams_trigger)
+
+    q = streams.add_parser(
+        "schedule", help="run the stream's workflow on a cron schedule ('off' removes it)",
+        description="Every fire of CRON starts one run of the stream's workflow, once across "
+                    "all daemons; a fire while the previous scheduled run is still going is "
+                    "skipped. CRON: 5 fields (minute hour day-of-month month day-of-week) or 6 "
+                    "with seconds first; 'off' removes the schedule.")
+    q.add_argument("stream", help="stream name or id")
+    q.add_argument("cron", metavar="CRON", type=_cron_or_off,
+                   help="e.g. '0 9 * * MON-FRI', or off")
+    q.add_argument("--tz", type=_time_zone, default=None,
+                   help="time zone of the schedule (default: unchanged, UTC at first)")
+    q.set_defaults(handler=cmd_streams_schedule)
 
 
 # -- pause / resume --------------------------------------------------------------------
@@ -835,6 +1159,20 @@ def _print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> N
         print("  " + "  ".join(c.ljust(w) for c, w in zip(row_cells, widths, strict=True)))
 
 
+def _readable(value: Any) -> str:
+    """One value of a ``show``, as a person reads it: ids bare, lists comma-separated,
+    objects as JSON, nothing as ``-``."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(_readable(item) for item in value) if value else "-"
+    if isinstance(value, dict):
+        return json.dumps(value, default=_json_value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -873,7 +1211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enqueue", help="enqueue a task; prints its id")
     p.add_argument("agent", help="agent name or id")
-    p.add_argument("--payload", type=_json_object, default={}, help="a JSON object")
+    p.add_argument("--payload", type=_json_object, default={},
+                   help="a JSON object; @FILE reads it from a file, - from standard input. "
+                        "Naming a stream the agent is assigned to ({\"stream_id\": ...}) "
+                        "starts a run of the stream's workflow: the agents after it follow")
     p.add_argument("--priority", type=_priority, default=5, help="1-10, higher runs first")
     p.add_argument("--at", type=_timestamp, default=None, help="ISO 8601 time to run at")
     p.set_defaults(handler=cmd_enqueue)
@@ -922,6 +1263,25 @@ def build_parser() -> argparse.ArgumentParser:
         q = agents.add_parser(action, help=text)
         q.add_argument("name", help="agent name or id")
         q.set_defaults(handler=handler)
+    q = agents.add_parser("create", help="create an agent; prints its id")
+    q.add_argument("name", help="the agent's name")
+    q.add_argument("--type", dest="agent_type", required=True, metavar="TYPE",
+                   help="its agent_type: opportunity_bot, enrichment_agent, scoring_agent, "
+                        "llm_agent, noop, or one a plugin adds")
+    q.add_argument("--config", type=_json_option("--config"), default=None,
+                   help="its configuration, a JSON object; @FILE reads it from a file, - from "
+                        "standard input")
+    q.add_argument("--cron", type=_cron_expression, default=None,
+                   help="a schedule: a task at every fire, e.g. '0 9 * * *'")
+    q.add_argument("--tz", type=_time_zone, default=None,
+                   help="the schedule's time zone (default UTC)")
+    q.add_argument("--model", default=None, help="the model (llm_agent)")
+    q.add_argument("--instructions", default=None, help="the system prompt (llm_agent)")
+    q.add_argument("--tools", type=_tool_names, default=None, metavar="A,B",
+                   help="the tools it may call, comma-separated (llm_agent)")
+    q.add_argument("--max-steps", type=_max_steps, default=None, metavar="N",
+                   help="model calls per task, 1-1000 (llm_agent)")
+    q.set_defaults(handler=cmd_agents_create)
 
     p = sub.add_parser("schedules", help="cron schedules with their next fire time")
     _json_flag(p)
@@ -931,6 +1291,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = schedules.add_parser("list", help="agents with a schedule (default)")
     _json_flag(q, inherited=True)
     q.set_defaults(handler=cmd_schedules)
+
+    _add_stream_commands(sub)
 
     p = sub.add_parser("pause", help="stop claiming on every daemon (in-flight work finishes)")
     p.set_defaults(handler=cmd_pause)

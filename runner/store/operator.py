@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -291,6 +292,189 @@ def list_schedules(conn: Conn) -> list[dict[str, Any]]:
             "FROM ai_agents a WHERE a.schedule_cron IS NOT NULL ORDER BY a.name, a.id"
         )
         return cur.fetchall()
+
+
+# -- creating agents; streams and their workflows --------------------------------------
+
+
+def create_agent(conn: Conn, *, name: str, agent_type: str, columns: dict[str, Any]) -> str:
+    """Insert an agent; ``columns`` holds only what the operator gave (the table's
+    defaults fill the rest). The database checks the type, the schedule and the ranges."""
+    values = {"name": name, "agent_type": agent_type, **columns}
+    if "configuration" in values:
+        values["configuration"] = Jsonb(values["configuration"])
+    statement = sql.SQL("INSERT INTO ai_agents ({}) VALUES ({}) RETURNING id").format(
+        sql.SQL(", ").join(sql.Identifier(column) for column in values),
+        sql.SQL(", ").join(sql.Placeholder(column) for column in values),
+    )
+    row = conn.execute(statement, values).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def find_streams(conn: Conn, name_or_id: str) -> list[dict[str, Any]]:
+    """The stream with this id, else the streams with this name (oldest first)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT id, name FROM streams WHERE id::text = lower(%(s)s) OR name = %(s)s "
+            "ORDER BY id::text = lower(%(s)s) DESC, created_at, id",
+            {"s": name_or_id},
+        )
+        return cur.fetchall()
+
+
+_STREAM_SUMMARY = """
+SELECT s.id, s.name, s.schedule_cron, s.schedule_timezone,
+       (SELECT count(*) FROM stream_agent_assignments sa
+        WHERE sa.stream_id = s.id AND sa.is_active) AS agents,
+       p.items, p.target, p.enriched, p.scored, p.qualified, p.critical, p.high, p.medium,
+       p.low, p.last_run_id, p.last_run_status, p.last_run_at, s.created_at
+FROM streams s JOIN stream_progress p ON p.stream_id = s.id
+"""
+
+
+def list_streams(conn: Conn) -> list[dict[str, Any]]:
+    """Every stream with its schedule, its active agents, its progress and last run."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_STREAM_SUMMARY + "ORDER BY s.name, s.created_at, s.id")
+        return cur.fetchall()
+
+
+def create_stream(
+    conn: Conn, *, name: str, description: str, goal_criteria: dict[str, Any],
+    target_metrics: dict[str, Any],
+) -> str:
+    row = conn.execute(
+        "INSERT INTO streams (name, description, goal_criteria, target_metrics) "
+        "VALUES (%s, %s, %s, %s) RETURNING id",
+        (name, description, Jsonb(goal_criteria), Jsonb(target_metrics)),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def show_stream(conn: Conn, stream_id: str) -> dict[str, Any] | None:
+    """A stream: its definition and schedule, its agents in order with their
+    dependencies, its progress, its recent runs and scheduled fires."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT s.id, s.name, s.description, s.goal_criteria, s.target_metrics, "
+            "s.schedule_cron, s.schedule_timezone, s.created_at FROM streams s WHERE s.id = %s",
+            (stream_id,),
+        )
+        stream = cur.fetchone()
+        if stream is None:
+            return None
+        cur.execute(
+            "SELECT a.id AS agent_id, a.name AS agent_name, a.agent_type, sa.assignment_role, "
+            "sa.execution_order, sa.is_active, sa.auto_execute, a.is_active AS agent_is_active, "
+            "ARRAY(SELECT d.name FROM unnest(sa.depends_on_agent_ids) WITH ORDINALITY u(id, n) "
+            "      JOIN ai_agents d ON d.id = u.id ORDER BY u.n) AS depends_on, "
+            "sa.total_executions, sa.last_executed_at "
+            "FROM stream_agent_assignments sa JOIN ai_agents a ON a.id = sa.agent_id "
+            "WHERE sa.stream_id = %s ORDER BY sa.execution_order, a.name",
+            (stream_id,),
+        )
+        assignments = cur.fetchall()
+        cur.execute("SELECT * FROM stream_progress WHERE stream_id = %s", (stream_id,))
+        progress = cur.fetchone()
+        cur.execute(
+            "SELECT r.id, r.trigger, r.status, ra.name AS root_agent, r.created_at, "
+            "r.completed_at, r.error_message FROM workflow_runs r "
+            "LEFT JOIN ai_agents ra ON ra.id = r.root_agent_id "
+            "WHERE r.stream_id = %s ORDER BY r.created_at DESC, r.id DESC LIMIT 10",
+            (stream_id,),
+        )
+        runs = cur.fetchall()
+        cur.execute(
+            "SELECT fire_time, outcome, workflow_run_id, note FROM stream_cron_fires "
+            "WHERE stream_id = %s ORDER BY fire_time DESC LIMIT 10",
+            (stream_id,),
+        )
+        fires = cur.fetchall()
+    return {"stream": stream, "agents": assignments, "progress": progress, "runs": runs,
+            "scheduled_fires": fires}
+
+
+def assign_agent(
+    conn: Conn, *, stream_id: str, agent_id: str, after: list[str], order: int | None,
+    role: str | None,
+) -> dict[str, Any]:
+    """Assign an agent to a stream after the agents in ``after`` (ids), or change an
+    assignment that exists: its dependencies become ``after``, its order and role change
+    when given, and it is active again. The database refuses an unknown dependency or a
+    cycle. A new assignment without an order comes after the stream's last."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "INSERT INTO stream_agent_assignments AS sa (stream_id, agent_id, assignment_role, "
+            "execution_order, depends_on_agent_ids) "
+            "VALUES (%(stream)s, %(agent)s, coalesce(%(role)s, 'primary'), "
+            "coalesce(%(order)s, (SELECT coalesce(max(x.execution_order), 0) + 1 "
+            "FROM stream_agent_assignments x WHERE x.stream_id = %(stream)s)), "
+            "%(after)s::uuid[]) "
+            "ON CONFLICT (stream_id, agent_id) DO UPDATE "
+            "SET depends_on_agent_ids = EXCLUDED.depends_on_agent_ids, "
+            "execution_order = coalesce(%(order)s, sa.execution_order), "
+            "assignment_role = coalesce(%(role)s, sa.assignment_role), is_active = true "
+            "RETURNING (xmax = 0) AS created, execution_order, assignment_role",
+            {"stream": stream_id, "agent": agent_id, "after": after, "order": order,
+             "role": role},
+        )
+        row = cur.fetchone()
+    assert row is not None
+    return row
+
+
+def workflow_payload(conn: Conn, *, stream_id: str, agent_id: str) -> tuple[str, dict[str, Any]]:
+    """(agent type, the payload a run of the stream gives the agent as a step)."""
+    row = conn.execute(
+        "SELECT a.agent_type, runner_workflow_payload(a.agent_type, a.configuration, s.id, "
+        "jsonb_build_object('goal_criteria', s.goal_criteria, "
+        "'target_metrics', s.target_metrics)) "
+        "FROM ai_agents a, streams s WHERE a.id = %s AND s.id = %s",
+        (agent_id, stream_id),
+    ).fetchone()
+    assert row is not None
+    return str(row[0]), dict(row[1])
+
+
+def trigger_stream(conn: Conn, stream_id: str, priority: int) -> tuple[str, list[dict[str, Any]]]:
+    """Start a run of the stream's workflow; returns its id and its steps."""
+    row = conn.execute("SELECT trigger_stream_workflow(%s, 'manual', %s)",
+                       (stream_id, priority)).fetchone()
+    assert row is not None
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(workflows.TREE, (row[0],))
+        steps = cur.fetchall()
+    return str(row[0]), steps
+
+
+def schedule_stream(
+    conn: Conn, stream_id: str, schedule_cron: str | None, schedule_timezone: str | None,
+) -> dict[str, Any]:
+    """Set (or, with ``None``, remove) a stream's schedule; every daemon reloads it."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "UPDATE streams SET schedule_cron = %s, "
+            "schedule_timezone = coalesce(%s, schedule_timezone), updated_at = now() "
+            "WHERE id = %s RETURNING name, schedule_cron, schedule_timezone",
+            (schedule_cron, schedule_timezone, stream_id),
+        )
+        row = cur.fetchone()
+    assert row is not None
+    return row
+
+
+def task_workflow_run(conn: Conn, task_id: str) -> dict[str, Any] | None:
+    """The run a task belongs to (its id and stream's name), or None."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT r.id, s.name AS stream_name FROM agent_tasks t "
+            "JOIN workflow_runs r ON r.id = t.workflow_run_id "
+            "JOIN streams s ON s.id = r.stream_id WHERE t.id = %s",
+            (task_id,),
+        )
+        return cur.fetchone()
 
 
 # -- pause / resume --------------------------------------------------------------------
