@@ -311,12 +311,15 @@ async def _checked_addresses(
 
 
 async def resolved_address_problem(
-    url: str, *, resolve: Resolver = resolve_host
+    url: str, *, resolve: Resolver = resolve_host, deadline: float = 5.0
 ) -> str | None:
     """Why a delivery to ``url`` would be refused today for its addresses, or None.
-    Raises ``OSError`` when the host cannot be resolved."""
+    Raises ``OSError`` when the host cannot be resolved within ``deadline`` seconds."""
     try:
-        await _checked_addresses(httpx.URL(url), False, resolve)
+        async with asyncio.timeout(deadline):
+            await _checked_addresses(httpx.URL(url), False, resolve)
+    except TimeoutError:
+        raise OSError(f"cannot resolve {httpx.URL(url).host!r} within {deadline:g} s") from None
     except _Unresolvable as exc:
         raise OSError(str(exc)) from None
     except _Refused as exc:

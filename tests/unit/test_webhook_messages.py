@@ -4,6 +4,7 @@ backoff, the settings and the metric."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import itertools
@@ -173,3 +174,20 @@ def test_the_delivery_metric_is_a_closed_vocabulary() -> None:
             "agent_runner_webhook_deliveries_total", {"outcome": outcome}) is not None
     with pytest.raises(ValueError, match="unknown webhook outcome"):
         metrics.webhook_delivery("https://hooks.example.com/")
+
+
+async def test_resolving_on_write_is_bounded_and_checks_every_address() -> None:
+    from runner.webhooks import resolved_address_problem
+
+    async def mixed(host: str, port: int) -> list[str]:
+        return ["93.184.215.14", "10.0.0.8"]
+
+    async def hangs(host: str, port: int) -> list[str]:
+        await asyncio.sleep(30)
+        return []
+
+    problem = await resolved_address_problem("https://hooks.example.com/", resolve=mixed)
+    assert problem is not None and "10.0.0.8: private" in problem
+    with pytest.raises(OSError, match=r"within 0\.1 s"):
+        await resolved_address_problem("https://hooks.example.com/", resolve=hangs,
+                                       deadline=0.1)
