@@ -142,7 +142,7 @@ def prompt_in_context(
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, indent=1, default=str)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _attribute(text: str) -> str:
