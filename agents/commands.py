@@ -66,11 +66,39 @@ def _print_demo_report(host: CommandHost, report: dict[str, Any]) -> None:
           f"{summary['enriched']}")
     print("  by priority: " + "  ".join(
         f"{band}={summary[band]}" for band in ("critical", "high", "medium", "low")))
+    progress = report.get("progress")
+    if progress:
+        target = f" of a target of {progress['target']}" if progress["target"] else ""
+        print(f"progress: {progress['items']} items{target}, {progress['enriched']} "
+              f"enriched, {progress['scored']} scored, {progress['qualified']} qualified; "
+              f"critical {progress['critical']}, high {progress['high']}, medium "
+              f"{progress['medium']}, low {progress['low']}; last run "
+              f"{progress['last_run_status'] or '-'}")
+    leads = report.get("leads") or []
+    if leads:
+        print(f"\nleads: {summary['critical']} critical and {summary['high']} high; the best "
+              "of them, with the reasons for their scores:")
+    else:
+        print("\nleads: no critical or high lead")
+    for lead in leads:
+        print(f"  {lead['position']}. {lead['name']} ({lead['company_number']}, "
+              f"{lead['town'] or '-'}): {lead['priority']} {lead['quality_score']}")
+        for reason in lead["reasons"]:
+            print(f"       - {reason}")
     print(f"\ntop {len(report['top_companies'])} companies:")
     rows = [{**company, "key_signals": ", ".join(company["key_signals"]) or "-"}
             for company in report["top_companies"]]
     host.print_table(rows, ["position", "name", "town", "quality_score", "priority",
                             "key_signals"])
+    _print_insights(report.get("insights") or [])
+    scout = report.get("scout")
+    if scout:
+        output = scout.get("output") or {}
+        print(f"\nscout ({scout['agent_name']}): {scout['status']}; checked "
+              f"{output.get('companies_checked', '-')} companies, found "
+              f"{output.get('signals_found', '-')} signals, "
+              f"{output.get('signals_above_threshold', '-')} at or above its threshold, "
+              f"wrote {output.get('insights_created', '-')} insights")
     print("\nagents:")
     rows = [{**agent, "duration": f"{(agent['duration_ms'] or 0) / 1000:.2f} s",
              "llm_cost_usd": f"{agent['cost_usd']:.4f}" if agent["llm_calls"] else "-"}
@@ -88,16 +116,37 @@ def _print_demo_report(host: CommandHost, report: dict[str, Any]) -> None:
               "it with `agent-runner run` and use the DATABASE_URL it prints")
 
 
+#: Scout signals listed one by one in the report; the rest are counted.
+_SIGNALS_SHOWN = 10
+
+
+def _print_insights(insights: list[dict[str, Any]]) -> None:
+    print(f"\ninsights: {len(insights)}" + ("" if insights else " (none)"))
+    signals = [i for i in insights if i["kind"] == "signal"]
+    for insight in insights:
+        if insight["kind"] != "signal":
+            print(f"  [{insight['kind']}] {insight['title']}")
+    for insight in signals[:_SIGNALS_SHOWN]:
+        strength = (insight["metadata"].get("signal") or {}).get("strength")
+        shown = f" (strength {strength:.2f})" if isinstance(strength, int | float) else ""
+        print(f"  [signal] {insight['title']}{shown}")
+    if len(signals) > _SIGNALS_SHOWN:
+        print(f"  ... and {len(signals) - _SIGNALS_SHOWN} more signals "
+              "(SELECT * FROM stream_insights)")
+
+
 DEMO = AgentCommand(
-    help="migrate, load demo companies, run discovery -> enrichment -> scoring, "
-    "print the scored stream",
-    description="Seed 004's example end to end, offline: loads a few thousand synthetic "
-    "companies (only into an empty companies table), creates a NEW stream on every run "
-    "(SaaS + FinTech, UK + Ireland, 10-500 employees, find 50, min quality 4.0), "
-    "reuses the demo-* agents, runs the workflow in-process and prints the top "
-    "companies and per-agent figures. Without DATABASE_URL it uses the embedded "
-    "Postgres under RUNNER_DATA_DIR. While it runs, its daemon also works any other "
-    "pending task of that database.",
+    help="migrate, load demo companies, run discovery -> enrichment -> scoring and a "
+    "signal scout, print the scored stream",
+    description="Seed 004's examples end to end, offline: loads a few thousand synthetic "
+    "companies (only into an empty companies table), serves their websites from a "
+    "local server on 127.0.0.1 and generates their filing histories, creates a NEW "
+    "stream on every run (SaaS + FinTech, UK + Ireland, 10-500 employees, find 50, min "
+    "quality 4.0), reuses the demo-* agents, runs the workflow and then the signal "
+    "scout in-process, and prints the stream's progress, its critical and high leads "
+    "with their reasons, the top companies, the insights and per-agent figures. "
+    "Without DATABASE_URL it uses the embedded Postgres under RUNNER_DATA_DIR. While it "
+    "runs, its daemon also works any other pending task of that database.",
     add_arguments=_demo_arguments,
     run=run_demo_command,
 )

@@ -18,23 +18,29 @@ never from today's date) and streamed row by row, so memory stays flat at any si
 column count) on top of the ``--rows`` good ones; their line numbers and kinds are
 printed on stderr so that tests can check the importer's reject report.
 
+:func:`filing_history` gives a company of such a file a filing history in the shape
+of the Companies House API's ``GET /company/{number}/filing-history`` items (the demo
+serves its companies' histories from it).
+
 Usage: scripts/generate_companies.py --rows 1000000 --seed 7 --out companies.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
+import hashlib
 import io
 import sys
 import time
 from bisect import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from random import Random
-from typing import TextIO
+from typing import Any, TextIO
 
 from agents.companies_import import CSV_COLUMNS
 
@@ -651,6 +657,115 @@ def generate(out: TextIO, rows: int, *, seed: int = 0, bad_rows: int = 0,
             bad.append(BadRow(line=index + 2, kind=kind))
             index += 1
     return bad
+
+
+# --- filing histories ----------------------------------------------------------------
+
+_FIRST_NAMES = ("Amelia", "Oliver", "Isla", "George", "Ava", "Noah", "Priya", "Arjun",
+                "Siobhan", "Callum", "Fatima", "Tom", "Grace", "Kwame", "Mei", "Rhys")
+_TITLES = ("Mr", "Ms", "Mrs", "Dr")
+#: SIC divisions whose companies raise money and hire more often (software, data,
+#: publishing, finance): their histories get recent activity more often.
+_GROWTH_DIVISIONS = frozenset({"58", "62", "63", "64", "66"})
+#: BasicCompanyData accounts categories as the filing history's description spells them.
+_ACCOUNTS_TYPES = {
+    "MICRO ENTITY": "micro-entity", "TOTAL EXEMPTION FULL": "total-exemption-full",
+    "TOTAL EXEMPTION SMALL": "total-exemption-small", "UNAUDITED ABRIDGED":
+    "unaudited-abridged", "SMALL": "small", "FULL": "full", "GROUP": "group",
+    "MEDIUM": "medium", "DORMANT": "dormant",
+    "AUDIT EXEMPTION SUBSIDIARY": "audit-exemption-subsidiary",
+}
+
+
+def _transaction_id(*parts: object) -> str:
+    """An opaque, stable id like the API's (``MzA1NjIxMjU1OWFkaXF6a2N4``)."""
+    digest = hashlib.sha1(":".join(map(str, parts)).encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:24]
+
+
+def _filing(number: str, form: str, category: str, day: date, description: str,
+            **values: Any) -> dict[str, Any]:
+    txid = _transaction_id(number, form, day.isoformat(), description)
+    return {
+        "category": category, "date": day.isoformat(), "type": form,
+        "description": description, "description_values": values,
+        "transaction_id": txid,
+        "links": {"self": f"/company/{number}/filing-history/{txid}"},
+    }
+
+
+def filing_history(
+    company_number: str,
+    *,
+    incorporated: date | None,
+    accounts_category: str | None,
+    accounts_last_made_up: date | None,
+    conf_stmt_last_made_up: date | None,
+    sic_codes: Sequence[str],
+    as_of: date,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """A plausible filing history for a generated company, newest first, as the API
+    lists it: incorporation and its first director, the last two accounts, the last
+    confirmation statement, and, for some companies (more often in software and
+    finance), recent activity before ``as_of``: a share allotment (``SH01``) in the last
+    75 days, a director appointed or leaving, a charge registered. Deterministic for a
+    given company, ``as_of`` and ``seed``; nothing is dated after ``as_of``."""
+    rng = Random(f"{seed}:{company_number}:{as_of.isoformat()}")
+    items: list[dict[str, Any]] = []
+
+    def person() -> str:
+        return (f"{rng.choice(_TITLES)} {rng.choice(_FIRST_NAMES)} "
+                f"{rng.choice(SURNAMES).title()}")
+
+    if incorporated is not None and incorporated <= as_of:
+        items.append(_filing(company_number, "NEWINC", "incorporation", incorporated,
+                             "incorporation-company"))
+        items.append(_filing(company_number, "AP01", "officers", incorporated,
+                             "appoint-person-director-company-with-name-date",
+                             appointment_date=incorporated.isoformat(),
+                             officer_name=person()))
+    kind = _ACCOUNTS_TYPES.get((accounts_category or "").strip().upper())
+    if accounts_last_made_up is not None and kind is not None:
+        for years in (1, 0):
+            made_up = accounts_last_made_up - timedelta(days=365 * years)
+            filed = made_up + timedelta(days=150 + rng.randrange(120))
+            if (incorporated is None or made_up > incorporated) and filed <= as_of:
+                items.append(_filing(company_number, "AA", "accounts", filed,
+                                     f"accounts-with-accounts-type-{kind}",
+                                     made_up_date=made_up.isoformat()))
+    if conf_stmt_last_made_up is not None:
+        filed = min(as_of, conf_stmt_last_made_up + timedelta(days=rng.randrange(14)))
+        items.append(_filing(company_number, "CS01", "confirmation-statement", filed,
+                             "confirmation-statement-with-no-updates",
+                             made_up_date=conf_stmt_last_made_up.isoformat()))
+    growing = any(code[:2] in _GROWTH_DIVISIONS for code in sic_codes)
+    if rng.random() < (0.45 if growing else 0.15):
+        if rng.random() < 0.6:
+            allotted = as_of - timedelta(days=2 + rng.randrange(74))
+            figure = f"{rng.randrange(1_000, 250_000):,}"
+            items.append(_filing(company_number, "SH01", "capital", allotted,
+                                 "capital-allotment-shares", date=allotted.isoformat(),
+                                 capital=[{"currency": "GBP", "figure": figure}]))
+        if rng.random() < 0.6:
+            appointed = as_of - timedelta(days=5 + rng.randrange(200))
+            items.append(_filing(company_number, "AP01", "officers", appointed,
+                                 "appoint-person-director-company-with-name-date",
+                                 appointment_date=appointed.isoformat(),
+                                 officer_name=person()))
+        if rng.random() < 0.2:
+            left = as_of - timedelta(days=10 + rng.randrange(300))
+            items.append(_filing(company_number, "TM01", "officers", left,
+                                 "termination-director-company-with-name-termination-date",
+                                 termination_date=left.isoformat(), officer_name=person()))
+        if rng.random() < 0.2:
+            charged = as_of - timedelta(days=10 + rng.randrange(300))
+            items.append(_filing(company_number, "MR01", "mortgage", charged,
+                                 "mortgage-create-with-deed-with-charge-number-charge-"
+                                 "creation-date", charge_creation_date=charged.isoformat()))
+    items = [item for item in items if item["date"] <= as_of.isoformat()]
+    items.sort(key=lambda item: (item["date"], item["transaction_id"]), reverse=True)
+    return items
 
 
 def main(argv: Sequence[str] | None = None) -> int:

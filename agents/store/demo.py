@@ -1,11 +1,14 @@
-"""The demo's SQL (``agent-runner demo``): set up seed 004's example workflow, follow
-it, and read the report."""
+"""The demo's SQL (``agent-runner demo``): point the demo companies at the demo's
+websites, set up seed 004's example workflow, follow it and the scout's run, and read
+the report."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
@@ -19,8 +22,72 @@ def company_count(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
+# Demo websites: http://127.0.0.1:PORT/demo-sites/<number>/ (agents/demo_sites.py). The
+# port changes from run to run; the pattern is how the demo knows its own companies.
+_DEMO_SITE = r"^http://127\.0\.0\.1:[0-9]+/demo-sites/"
+_PLACEHOLDER_BASE = "http://127.0.0.1:0/demo-sites/"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DemoCompany:
+    id: UUID
+    company_number: str
+    name: str
+    sic_codes: list[str]
+    incorporation_date: dt.date | None
+    accounts_category: str | None
+    accounts_last_made_up: dt.date | None
+    conf_stmt_last_made_up: dt.date | None
+
+
+def claim_demo_companies(conn: Conn) -> int:
+    """Right after the demo loaded its generated companies into an empty table: mark
+    them as the demo's by giving each a demo website address (its port is set by
+    :func:`point_demo_websites`). Returns how many."""
+    cur = conn.execute(
+        "UPDATE companies SET website = %s || company_number || '/', updated_at = now() "
+        "WHERE website IS NULL",
+        (_PLACEHOLDER_BASE,),
+    )
+    return cur.rowcount
+
+
+def demo_companies(conn: Conn) -> list[DemoCompany]:
+    """The companies whose website is a demo site, with what their sites and filing
+    histories are made from."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT id, company_number, name, sic_codes, incorporation_date, "
+            "accounts_category, accounts_last_made_up, conf_stmt_last_made_up "
+            "FROM companies WHERE website ~ %s ORDER BY company_number",
+            (_DEMO_SITE,),
+        )
+        return [DemoCompany(**row) for row in cur.fetchall()]
+
+
+def point_demo_websites(conn: Conn, base_url: str) -> int:
+    """Rewrite the demo companies' websites to this run's server (``base_url`` ends
+    in ``/demo-sites/``). Returns how many."""
+    cur = conn.execute(
+        "UPDATE companies SET website = regexp_replace(website, %s, %s) "
+        "WHERE website ~ %s AND NOT starts_with(website, %s)",
+        (_DEMO_SITE, base_url, _DEMO_SITE, base_url),
+    )
+    return cur.rowcount
+
+
 class DemoSetupError(Exception):
     """The demo's agents cannot be used as they are; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DemoAgent:
+    name: str
+    agent_type: str
+    #: assignment_role in the stream's workflow; None: created, not assigned
+    role: str | None
+    #: keys the demo needs in the agent's configuration (merged into what it has)
+    configuration: Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,19 +104,22 @@ def start_demo_workflow(
     stream_name: str,
     goal_criteria: dict[str, Any],
     target_metrics: dict[str, Any],
-    agents: Sequence[tuple[str, str, str]],
+    agents: Sequence[DemoAgent],
 ) -> DemoSetup:
     """Create (or reuse, by name) the agents, create a stream with the goal, assign
-    the agents in a chain (each depends on the one before) and trigger the workflow,
-    all in one transaction: a failure leaves nothing half made."""
+    the agents that have a role in a chain (each depends on the one before) and trigger
+    the workflow, all in one transaction: a failure leaves nothing half made. A reused
+    agent gets the configuration keys the demo needs merged into its own."""
     notes: list[str] = []
     agent_ids: list[str] = []
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        for name, agent_type, _role in agents:
+        for agent_spec in agents:
+            name, agent_type = agent_spec.name, agent_spec.agent_type
             cur.execute(
-                "INSERT INTO ai_agents (name, agent_type, description) VALUES (%s, %s, %s) "
-                "ON CONFLICT (org_id, name) DO NOTHING RETURNING id",
-                (name, agent_type, "created by `agent-runner demo`"),
+                "INSERT INTO ai_agents (name, agent_type, description, configuration) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (org_id, name) DO NOTHING RETURNING id",
+                (name, agent_type, "created by `agent-runner demo`",
+                 Jsonb(dict(agent_spec.configuration))),
             )
             if cur.fetchone() is not None:
                 notes.append(f"created agent {name} ({agent_type})")
@@ -68,6 +138,13 @@ def start_demo_workflow(
                 raise DemoSetupError(
                     f"agent {name} is disabled; `agent-runner agents enable {name}` "
                     "to run the demo")
+            if agent_spec.configuration:
+                cur.execute(
+                    "UPDATE ai_agents SET configuration = configuration || %s "
+                    "WHERE id = %s AND NOT configuration @> %s",
+                    (Jsonb(dict(agent_spec.configuration)), agent["id"],
+                     Jsonb(dict(agent_spec.configuration))),
+                )
             agent_ids.append(str(agent["id"]))
         cur.execute(
             "INSERT INTO streams (name, description, goal_criteria, target_metrics) "
@@ -77,19 +154,44 @@ def start_demo_workflow(
         )
         stream = cur.fetchone()
         assert stream is not None
-        for order, ((_name, _type, role), agent_id) in enumerate(
-                zip(agents, agent_ids, strict=True), 1):
+        chain = [(spec.role, agent_id) for spec, agent_id in zip(agents, agent_ids, strict=True)
+                 if spec.role is not None]
+        for order, (role, agent_id) in enumerate(chain, 1):
             cur.execute(
                 "INSERT INTO stream_agent_assignments (stream_id, agent_id, assignment_role, "
                 "execution_order, auto_execute, depends_on_agent_ids) "
                 "VALUES (%s, %s, %s, %s, true, %s::uuid[])",
-                (stream["id"], agent_id, role, order, agent_ids[order - 2:order - 1]),
+                (stream["id"], agent_id, role, order,
+                 [previous for _, previous in chain[order - 2:order - 1]]),
             )
         cur.execute("SELECT trigger_stream_workflow(%s, 'manual') AS run_id", (stream["id"],))
         run = cur.fetchone()
         assert run is not None
     return DemoSetup(stream_id=str(stream["id"]), run_id=str(run["run_id"]),
                      agent_ids=agent_ids, notes=notes)
+
+
+def enqueue_task(conn: Conn, agent_name: str, payload: Mapping[str, Any]) -> str:
+    row = conn.execute("SELECT enqueue_agent_task(%s, %s)",
+                       (agent_name, Jsonb(dict(payload)))).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def task_progress(conn: Conn, task_id: str) -> dict[str, Any]:
+    """One task's state as a workflow step reads (``workflow_progress``)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT a.name AS agent_name, a.agent_type, t.status, t.id AS task_id, "
+            "t.error_message AS note, t.output, "
+            "(SELECT sum(e.duration_ms) FROM agent_executions e WHERE e.task_id = t.id) "
+            "AS duration_ms "
+            "FROM agent_tasks t JOIN ai_agents a ON a.id = t.agent_id WHERE t.id = %s",
+            (task_id,),
+        )
+        row = cur.fetchone()
+    assert row is not None
+    return row
 
 
 def workflow_progress(conn: Conn, run_id: str) -> dict[str, Any]:
@@ -168,3 +270,75 @@ def demo_report(conn: Conn, stream_id: str, run_id: str, *, top: int) -> dict[st
         agents = cur.fetchall()
     return {"stream": stream, "workflow_run": run, "summary": summary,
             "top_companies": companies, "agents": agents}
+
+
+# The columns of the stream_progress view (CONTRACT.md), computed the same way where a
+# database does not have the view yet.
+_PROGRESS = """
+SELECT s.id AS stream_id, i.items,
+       CASE WHEN jsonb_typeof(s.target_metrics -> 'companies_to_find') = 'number'
+            THEN floor((s.target_metrics ->> 'companies_to_find')::numeric)::integer
+       END AS target,
+       i.enriched, i.scored, i.qualified, i.critical, i.high, i.medium, i.low,
+       r.id AS last_run_id, r.status AS last_run_status, r.created_at AS last_run_at
+FROM streams s
+CROSS JOIN LATERAL (
+    SELECT count(*) AS items,
+           count(*) FILTER (WHERE si.enrichment_status = 'enriched') AS enriched,
+           count(*) FILTER (WHERE si.scored_at IS NOT NULL) AS scored,
+           count(*) FILTER (WHERE si.qualified) AS qualified,
+           count(*) FILTER (WHERE si.priority = 'critical') AS critical,
+           count(*) FILTER (WHERE si.priority = 'high') AS high,
+           count(*) FILTER (WHERE si.priority = 'medium') AS medium,
+           count(*) FILTER (WHERE si.priority = 'low') AS low
+    FROM stream_items si WHERE si.stream_id = s.id
+) AS i
+LEFT JOIN LATERAL (
+    SELECT id, status, created_at FROM workflow_runs w
+    WHERE w.stream_id = s.id ORDER BY w.created_at DESC LIMIT 1
+) AS r ON true
+WHERE s.id = %s
+"""
+
+
+def stream_progress(conn: Conn, stream_id: str) -> dict[str, Any]:
+    """The stream's row of the ``stream_progress`` view (or the same figures counted
+    here, on a database that does not have the view)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT to_regclass('stream_progress') IS NOT NULL AS present")
+        present = cur.fetchone()
+        if present is not None and present["present"]:
+            cur.execute("SELECT * FROM stream_progress WHERE stream_id = %s", (stream_id,))
+        else:
+            cur.execute(_PROGRESS, (stream_id,))
+        row = cur.fetchone()
+    assert row is not None
+    return row
+
+
+def stream_leads(conn: Conn, stream_id: str) -> list[dict[str, Any]]:
+    """The stream's critical and high items, best first, with what explains them."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT i.position, c.name, c.company_number, c.post_town AS town, "
+            "i.quality_score, i.priority, i.score_details, i.enrichment_quality, "
+            "i.data_completeness, i.buying_signals || CASE WHEN "
+            "jsonb_typeof(c.buying_signals) = 'array' THEN c.buying_signals "
+            "ELSE '[]'::jsonb END AS buying_signals "
+            "FROM stream_items i JOIN companies c ON c.id = i.company_id "
+            "WHERE i.stream_id = %s AND i.priority IN ('critical', 'high') "
+            "ORDER BY i.position NULLS LAST, i.quality_score DESC, c.name",
+            (stream_id,),
+        )
+        return cur.fetchall()
+
+
+def stream_insights(conn: Conn, stream_id: str) -> list[dict[str, Any]]:
+    """The stream's insights, oldest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT kind, title, body, company_id, task_id, metadata, created_at "
+            "FROM stream_insights WHERE stream_id = %s ORDER BY created_at, kind, title",
+            (stream_id,),
+        )
+        return cur.fetchall()

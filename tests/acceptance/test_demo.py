@@ -23,6 +23,7 @@ from tests.harness import REPO, daemon_env, query
 pytestmark = pytest.mark.slow
 
 AGENTS = ("demo-opportunity-bot", "demo-enrichment-agent", "demo-scoring-agent")
+SCOUT = "demo-signal-scout"
 
 
 def _demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,6 +52,21 @@ def _check_run(conn: psycopg.Connection[tuple[object, ...]], stream_id: str) -> 
         "WHERE stream_id = %s", (stream_id,)).fetchone() or (0, 0, 0)
     assert 0 < items <= 50
     assert scored == positioned == items
+    # Enriched from the demo's own websites and filing histories: leads worth calling.
+    leads = conn.execute("SELECT count(*) FROM stream_items WHERE stream_id = %s "
+                         "AND priority IN ('critical', 'high')", (stream_id,)).fetchone()
+    assert leads is not None and leads[0] >= 1
+    # One insight of each business agent for the run, and the scout's signals.
+    kinds = dict(conn.execute("SELECT kind, count(*) FROM stream_insights "
+                              "WHERE stream_id = %s GROUP BY kind", (stream_id,)).fetchall())
+    assert {k: kinds.get(k) for k in ("discovery", "buying_signals", "leads")} == {
+        "discovery": 1, "buying_signals": 1, "leads": 1}
+    assert kinds.get("signal", 0) >= 1
+    scout = conn.execute(
+        "SELECT t.status, t.output FROM agent_tasks t JOIN ai_agents a ON a.id = t.agent_id "
+        "WHERE a.name = %s AND t.payload ->> 'stream_id' = %s", (SCOUT, stream_id)).fetchall()
+    assert len(scout) == 1 and scout[0][0] == "completed"
+    assert scout[0][1]["insights_created"] == kinds["signal"]
 
 
 @pytest.mark.timeout(360)
@@ -67,9 +83,24 @@ def test_demo_on_database_url_then_again(db_url: str) -> None:
     assert "EXECUTIONS" in agents and "DURATION" in agents and "LLM_COST_USD" in agents
     # Stage lines on stderr, never on stdout.
     for stage in ("generating 4,000 demo companies", "importing them", "discovery",
-                  "enrichment", "scoring (demo-scoring-agent): completed"):
+                  "enrichment", "scoring (demo-scoring-agent): completed",
+                  "demo company websites at http://127.0.0.1:",
+                  "filings for 4,000 demo companies", "scout (demo-signal-scout): completed"):
         assert stage in first.stderr
     assert "agent-runner:" not in out
+    # The stream's progress, its critical or high leads with their reasons, its insights.
+    progress = next(line for line in out.splitlines() if line.startswith("progress: "))
+    assert "enriched" in progress and "scored" in progress and "critical" in progress
+    leads = out[out.index("\nleads: "):out.index("\ntop 10 companies:")]
+    assert " critical and " in leads.splitlines()[1]
+    lead_lines = [line for line in leads.splitlines() if line.startswith("  1. ")]
+    assert lead_lines and (" critical " in lead_lines[0] or " high " in lead_lines[0])
+    assert "       - meets industry, location and employees" in leads
+    insights = out[out.index("\ninsights: "):out.index("\nagents:")]
+    for kind in ("[discovery]", "[buying_signals]", "[leads]", "[signal]"):
+        assert kind in insights
+    assert "new critical" in insights or "new high" in insights
+    assert "scout (demo-signal-scout): completed; checked " in insights
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         ((stream_id,),) = conn.execute("SELECT id::text FROM streams").fetchall()
@@ -92,6 +123,16 @@ def test_demo_on_database_url_then_again(db_url: str) -> None:
     assert [a["agent_name"] for a in report["agents"]] == list(AGENTS)
     assert all(a["status"] == "completed" and a["executions"] == 1 and a["cost_usd"] == 0
                for a in report["agents"])
+    progress = report["progress"]
+    assert progress["stream_id"] == report["stream"]["id"]
+    assert progress["items"] == report["summary"]["items"] and progress["target"] == 50
+    assert progress["last_run_status"] == "completed"
+    assert report["leads"] and all(lead["priority"] in ("critical", "high") and lead["reasons"]
+                                   for lead in report["leads"])
+    assert {i["kind"] for i in report["insights"]} == {
+        "discovery", "buying_signals", "leads", "signal"}
+    assert report["scout"]["agent_name"] == SCOUT and report["scout"]["status"] == "completed"
+    assert report["scout"]["output"]["insights_created"] >= 1
     assert 0 < len(report["top_companies"]) <= 10
     scores = [c["quality_score"] for c in report["top_companies"]]
     assert scores == sorted(scores, reverse=True)
@@ -100,7 +141,8 @@ def test_demo_on_database_url_then_again(db_url: str) -> None:
         (report["stream"]["id"],)))
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM streams").fetchone() == (2,)
-        assert conn.execute("SELECT count(*) FROM ai_agents").fetchone() == (3,)
+        # The three of the workflow and the scout.
+        assert conn.execute("SELECT count(*) FROM ai_agents").fetchone() == (4,)
         _check_run(conn, report["stream"]["id"])
 
 
