@@ -51,6 +51,7 @@ from runner.settings import Settings
 from runner.store import Conn, agent_types, channels
 from runner.store import daemons as store
 from runner.store.text import make_storable
+from runner.webhooks import webhook_side_task
 
 logger = logging.getLogger("runner.daemon")
 
@@ -311,6 +312,8 @@ class Daemon:
             "control": self._listen_control(),
             "cron": scheduler_side_task(
                 self.pool, conninfo=self.conninfo, settings=settings, daemon_id=self.id),
+            "webhooks": webhook_side_task(
+                self.pool, settings, conninfo=self.conninfo, daemon_id=self.id),
         }
 
     def _heartbeat_period(self) -> float:

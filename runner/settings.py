@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     # Connections per daemon. An attempt holds one only to claim, log and finish, never
     # while the agent runs, so the pool need not grow with concurrency: by default
-    # min(concurrency, 10) + 5 (fetching, heartbeat, rescuer, metrics, cron).
+    # min(concurrency, 10) + 6 (fetching, rescuer, metrics, cron, webhooks, control).
     db_pool_size: int | None = Field(default=None, ge=2, le=1000, alias="RUNNER_DB_POOL_SIZE")
 
     # How often a daemon proves it is alive, and how long without proof before
@@ -71,6 +71,19 @@ class Settings(BaseSettings):
     cron_reload_interval: float = Field(
         default=5.0, gt=0, le=3600, alias="RUNNER_CRON_RELOAD_INTERVAL"
     )
+
+    # Retention (CONTRACT.md, "Retention"): finished history older than this many days
+    # is pruned; 0 keeps it forever. Completed and cancelled tasks, failed tasks, and the
+    # LLM cost ledger (llm_calls) each have their own horizon. Every daemon prunes (one at
+    # a time) every RUNNER_PRUNE_INTERVAL seconds.
+    retention_days: float = Field(default=30, ge=0, le=36500, alias="RUNNER_RETENTION_DAYS")
+    failed_retention_days: float = Field(
+        default=90, ge=0, le=36500, alias="RUNNER_FAILED_RETENTION_DAYS"
+    )
+    ledger_retention_days: float = Field(
+        default=0, ge=0, le=36500, alias="RUNNER_LEDGER_RETENTION_DAYS"
+    )
+    prune_interval: float = Field(default=600.0, gt=0, le=86400, alias="RUNNER_PRUNE_INTERVAL")
 
     # Webhook deliveries (runner/webhooks.py): attempts in flight per daemon, the deadline
     # of one attempt (resolve, connect, answer), and the retry backoff: about base,
@@ -109,6 +122,16 @@ class Settings(BaseSettings):
             raise ValueError("expected a libpq URI (postgresql://...) or key=value string")
         return value
 
+    @field_validator("ledger_retention_days")
+    @classmethod
+    def _check_ledger_retention(cls, value: float) -> float:
+        # Budgets count the current UTC month's spend from llm_calls: a shorter ledger
+        # would forget spend that still counts, and let a monthly budget be overrun.
+        if 0 < value < 31:
+            raise ValueError("must be 0 (keep forever) or at least 31 days: monthly LLM "
+                             "budgets count this month's spend from the ledger")
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
         # One message for every contradiction, so a fix is not followed by the next refusal.
@@ -128,7 +151,7 @@ class Settings(BaseSettings):
 
     @property
     def pool_size(self) -> int:
-        return self.db_pool_size or min(self.concurrency, 10) + 5
+        return self.db_pool_size or min(self.concurrency, 10) + 6
 
     @property
     def pool_timeout(self) -> float:
