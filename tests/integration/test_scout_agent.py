@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,7 +20,15 @@ from psycopg_pool import AsyncConnectionPool
 from agents.scout_agent import ScoutAgent
 from runner.outcomes import Outcome
 from runner.plugins import Registry
-from tests.harness import run_task_inline, task_state, test_settings
+from tests.harness import (
+    REPO,
+    daemon_env,
+    daemons,
+    run_task_inline,
+    task_state,
+    test_settings,
+    wait_until,
+)
 from tests.standins.companies_house import (
     CompaniesHouseStandIn,
     filing,
@@ -285,3 +296,45 @@ async def test_a_refused_key_fails_permanently_and_writes_nothing(
     assert "refused the API key" in task_state(conn, task_id)[3]
     assert conn.execute("SELECT count(*) FROM stream_insights").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM company_filings").fetchone() == (0,)
+
+
+def _cli(db_url: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=REPO,
+                            env=daemon_env(db_url), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_seed_example_2_created_with_the_cli_and_run_by_a_daemon(
+    conn: Conn, db_url: str, tmp_path: Path, ch: CompaniesHouseStandIn,
+    companies: dict[str, str],
+) -> None:
+    """The seed's createAgent call as the CLI spells it, then a manual run (`agent-runner
+    enqueue`) worked by a real daemon against the stand-ins; a second run writes none."""
+    configuration = {**SEED_CONFIGURATION, "companies_house": FAST_CH}
+    agent_id = _cli(db_url, "agents", "create", "Daily Signal Scout", "--type", "scout_agent",
+                    "--cron", "0 9 * * *", "--config", json.dumps(configuration)).strip()
+    row = conn.execute("SELECT agent_type, schedule_cron, configuration FROM ai_agents "
+                       "WHERE id = %s", (agent_id,)).fetchone()
+    assert row == ("scout_agent", "0 9 * * *", configuration)
+
+    def finished(task_id: str) -> bool:
+        return task_state(conn, task_id)[0] in ("completed", "failed")
+
+    env = {"COMPANIES_HOUSE_API_KEY": "k", "COMPANIES_HOUSE_BASE_URL": ch.url,
+           "ANTHROPIC_API_KEY": ""}
+    with daemons(db_url, tmp_path / "daemon", **env):
+        first = _cli(db_url, "enqueue", "Daily Signal Scout").strip().split()[0]
+        wait_until(lambda: finished(first), timeout=60, message="the first scout run")
+        second = _cli(db_url, "enqueue", "Daily Signal Scout").strip().split()[0]
+        wait_until(lambda: finished(second), timeout=60, message="the second scout run")
+    status, _, output, error = task_state(conn, first)
+    assert status == "completed", error
+    assert (output["insights_created"], output["mode"]) == (4, "online")
+    assert [(n, t, float(s)) for n, t, s, *_ in insights(conn)] == EXPECTED
+    status, _, output, error = task_state(conn, second)
+    assert status == "completed", error
+    assert output["insights_created"] == 0
+    assert len(insights(conn)) == 4
