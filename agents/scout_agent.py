@@ -21,7 +21,10 @@ filings and pages writes none, so it reports 0).
 What it watches: the stream named by the payload or the configuration; else the
 streams the agent is actively assigned to; else every company of its organization.
 At most ``max_companies`` per run (stream items best placed first; otherwise the most
-recently enriched companies first).
+recently enriched companies first). A run makes up to three requests per company (one
+filing history, a home page, a careers page), ``concurrency`` at a time: size
+``max_companies`` to the agent's ``timeout_seconds`` (and to Companies House's 600
+requests per five minutes, which the client paces).
 
 Where signals come from (types and strengths: ``agents/signals.py``):
 

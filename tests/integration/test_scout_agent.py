@@ -272,6 +272,38 @@ async def test_a_stream_scope_watches_only_the_stream_and_names_it(
     assert len(insights(conn)) == 6
 
 
+async def test_offline_the_register_dates_speak_where_no_filing_does(
+    conn: Conn, pool: AsyncConnectionPool,
+) -> None:
+    """No key: stored filings first; the register row's dates for the categories they do
+    not cover (the made-up date is weaker evidence than a filing: at most 0.3)."""
+    renamed = add_company(conn, "06000006", "NEW NAME LTD",
+                          accounts_last_made_up=days_ago(40))
+    conn.execute("UPDATE companies SET previous_names = %s WHERE id = %s",
+                 (json.dumps([{"name": "OLD NAME LTD", "changed_on": days_ago(20)}]), renamed))
+    filed = add_company(conn, "07000007", "FILED LTD", accounts_last_made_up=days_ago(40))
+    conn.execute(
+        "INSERT INTO company_filings (company_id, transaction_id, category, type, filed_on, "
+        "description) VALUES (%s, 'FILED-AA', 'accounts', 'AA', %s, "
+        "'accounts-with-accounts-type-small')", (filed, days_ago(5)))
+    create_seed_scout(conn, {"signals": ["accounts_filed", "name_change"], "threshold": 0.3})
+    task_id = enqueue(conn)
+    assert await run_task_inline(pool, task_id, registry=REGISTRY,
+                                 settings=test_settings()) is Outcome.COMPLETED
+    output = task_state(conn, task_id)[2]
+    assert (output["mode"], output["companies_checked"]) == ("offline", 2)
+    rows = conn.execute(
+        "SELECT c.company_number, i.metadata #>> '{signal,type}', "
+        "i.metadata #>> '{signal,source}', (i.metadata #>> '{signal,strength}')::numeric "
+        "FROM stream_insights i JOIN companies c ON c.id = i.company_id ORDER BY 1, 2"
+    ).fetchall()
+    assert [(n, t, src, float(s)) for n, t, src, s in rows] == [
+        ("06000006", "accounts_filed", "register", 0.3),
+        ("06000006", "name_change", "register", 0.5),
+        ("07000007", "accounts_filed", "companies_house", 0.4),
+    ]
+
+
 async def test_configuration_errors_fail_permanently_naming_the_field(
     conn: Conn, pool: AsyncConnectionPool, companies: dict[str, str],
 ) -> None:
