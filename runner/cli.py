@@ -861,6 +861,36 @@ def _set_paused(settings: Settings, *, paused: bool) -> int:
     return EXIT_OK
 
 
+# -- retention -------------------------------------------------------------------------
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from runner import retention
+
+    with _connect(settings):  # the schema check, with its clear message
+        pass
+    report = asyncio.run(retention.prune_database(
+        database_url(settings), settings, dry_run=args.dry_run))
+    if not report.ran:
+        raise CommandFailed("another prune is running (a daemon prunes every "
+                            "RUNNER_PRUNE_INTERVAL seconds); nothing was removed")
+    if args.json:
+        _print_json(report.as_json())
+        return EXIT_OK
+    verb = "would remove" if report.dry_run else "removed"
+    print(f"{verb}{' (dry run: nothing was removed)' if report.dry_run else ''}:")
+    tasks = ", ".join(f"{status} {count}" for status, count in report.tasks.items())
+    for table, count in report.removed.items():
+        note = f"  ({tasks})" if table == "agent_tasks" else ""
+        print(f"  {table:22s} {count:>10d}{note}")
+    print("older than:")
+    for kind, cutoff in report.cutoffs.items():
+        print(f"  {kind:22s} {cutoff.isoformat() if cutoff else 'kept forever'}")
+    if not report.complete:
+        print("stopped early (a batch timed out); run again to continue", file=sys.stderr)
+    return EXIT_OK
+
+
 # -- webhooks --------------------------------------------------------------------------
 
 
@@ -1298,6 +1328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_pause)
     p = sub.add_parser("resume", help="restart claiming on every daemon")
     p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser("prune", help="delete finished history past retention "
+                                     "(RUNNER_*RETENTION_DAYS)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="report what would be removed, remove nothing")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_prune)
 
     _add_webhook_commands(sub)
     _add_agent_commands(sub)

@@ -32,7 +32,7 @@ Design choices:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Final, Literal, get_args
 
@@ -62,6 +62,7 @@ __all__ = [
     "HTTP_SERVICES",
     "MAX_MODELS",
     "OTHER",
+    "PRUNED_TABLES",
     "REGISTRY",
     "TASK_STATUSES",
     "TOKEN_KINDS",
@@ -84,6 +85,7 @@ __all__ = [
     "refresh_task_counts",
     "render",
     "rescued",
+    "rows_pruned",
     "set_agent_types",
     "set_db_snapshot",
     "set_in_flight",
@@ -108,6 +110,12 @@ HTTP_OUTCOMES: Final[tuple[str, ...]] = get_args(HttpOutcome)
 
 TokenKind = Literal["input", "output", "cache_creation", "cache_read"]
 TOKEN_KINDS: Final[tuple[str, ...]] = get_args(TokenKind)
+
+#: The ``table`` label of ``agent_runner_pruned_rows_total``: what retention deletes from.
+PRUNED_TABLES: Final = (
+    "agent_tasks", "agent_executions", "agent_task_logs", "procrastinate_jobs",
+    "procrastinate_events", "workflow_runs", "workflow_run_steps", "llm_calls",
+)
 
 #: Outcomes of one webhook delivery attempt (runner.webhooks.DeliveryOutcome).
 WEBHOOK_OUTCOMES: Final = (
@@ -241,6 +249,12 @@ _db_snapshot_errors = Counter(
     "Failed refreshes of the task figures read from Postgres.",
     registry=REGISTRY,
 )
+_pruned_rows = Counter(
+    "agent_runner_pruned_rows",
+    "Rows of finished history this daemon's automatic prune deleted, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
 
 # Every known combination exists from the start at 0, so rate() and the alert ratios
 # have a series to work on before the first event, and dashboards show zeros, not gaps.
@@ -248,6 +262,8 @@ _db_snapshot_errors = Counter(
 for _service in HTTP_SERVICES:
     for _http_outcome in HTTP_OUTCOMES:
         _http_calls.labels(_service, _http_outcome)
+for _table in PRUNED_TABLES:
+    _pruned_rows.labels(_table)
 for _webhook_outcome in WEBHOOK_OUTCOMES:
     _webhook_deliveries.labels(_webhook_outcome)
 # Known from the start, like python_info; daemon_started() restates it.
@@ -358,6 +374,15 @@ def rescued(count: int) -> None:
 def cron_fired(agent_type: str) -> None:
     """The scheduler enqueued one task for an agent of this type."""
     _cron_fires.labels(_agent_type_label(agent_type)).inc()
+
+
+def rows_pruned(counts: Mapping[str, int]) -> None:
+    """A prune pass deleted ``counts[table]`` rows of each table (in
+    :data:`PRUNED_TABLES`)."""
+    for table, count in counts.items():
+        if count < 0:
+            raise ValueError(f"pruned row count must be >= 0, got {count} for {table}")
+        _pruned_rows.labels(_closed(table, PRUNED_TABLES, "pruned table")).inc(count)
 
 
 def llm_call(

@@ -9,6 +9,7 @@
 * :mod:`~runner.store.channels` -- the LISTEN/NOTIFY channel names
 * :mod:`~runner.store.agent_types` -- the agent types plugins registered (migrate, start)
 * :mod:`~runner.store.webhooks` -- webhook endpoints, claims and records of attempts
+* :mod:`~runner.store.retention` -- the prune of finished history past retention
 * :mod:`~runner.store.text` -- NUL-free text and JSON on every connection (no SQL)
 
 Outside this package only ``runner.migrate`` sends SQL (the migration files). The rules
@@ -19,6 +20,8 @@ one text here, executed by each.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -27,3 +30,23 @@ import psycopg
 Conn = psycopg.AsyncConnection[Any]
 #: The CLI's connection (autocommit).
 SyncConn = psycopg.Connection[Any]
+
+
+@contextlib.asynccontextmanager
+async def bounded(
+    conn: Conn, *, statement_timeout: float, lock_timeout: float | None = None
+) -> AsyncIterator[None]:
+    """A transaction whose statements each end after ``statement_timeout`` seconds (and
+    give up waiting for a lock after ``lock_timeout``).
+
+    The settings are ``SET LOCAL``: they last until this transaction ends. On the
+    daemon's autocommit connections a ``set_config(..., true)`` outside a transaction
+    would last only for its own implicit transaction, and bound nothing after it.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT set_config('statement_timeout', %s, true), "
+            "set_config('lock_timeout', coalesce(%s, current_setting('lock_timeout')), true)",
+            (f"{max(1, round(statement_timeout * 1000))}ms",
+             None if lock_timeout is None else f"{max(1, round(lock_timeout * 1000))}ms"))
+        yield

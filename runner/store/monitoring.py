@@ -1,7 +1,9 @@
 """Monitoring reads: the queue figures behind the Prometheus gauges, and the health probe.
 
-Read-only; they touch no queue state. The daemon refreshes the snapshot every few
-seconds (``runner.metrics.refresh_task_counts``), never at scrape time.
+They touch no queue state. The daemon refreshes the snapshot every few seconds
+(``runner.metrics.refresh_task_counts``), never at scrape time; each refresh also folds
+the task-count deltas into their base rows (sql/0008_retention.sql), which keeps the
+counts a read of a few rows however long the history grows.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
-from runner.store import Conn
+from runner.store import Conn, bounded
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,11 +34,15 @@ class DbSnapshot:
     taken_at: float
 
 
-# Both queries run on indexes: the
-# (status, priority, created_at) index for the counts and the processing rows (few:
-# bounded by the daemons' concurrency), a primary-key read for runner_control. The
-# pending scan is proportional to the backlog, as is the count itself.
-_TASK_COUNTS_SQL: Final = "SELECT status, count(*) FROM agent_tasks GROUP BY status"
+# None of these reads finished history. agent_task_stats counts pending and processing
+# rows on the (status, priority, created_at) index (as many as the backlog and the work
+# in flight) and reads the finished counts from their maintained counters; the ages
+# read the same index; runner_control is one row.
+_FOLD_COUNTERS_SQL: Final = "SELECT runner_fold_counters()"
+_TASK_COUNTS_SQL: Final = """
+SELECT pending, processing, completed, failed, cancelled FROM agent_task_stats
+"""
+_TASK_COUNT_COLUMNS: Final = ("pending", "processing", "completed", "failed", "cancelled")
 _QUEUE_AGES_SQL: Final = """
 WITH processing AS (
     SELECT now() - coalesce(e.started_at, t.updated_at) AS age, a.timeout_seconds
@@ -52,19 +58,27 @@ SELECT
     (SELECT max(extract(epoch FROM age) - timeout_seconds)::float8 FROM processing),
     (SELECT paused FROM runner_control)
 """
-# A refresh must not pin a pooled connection behind a pathological scan.
-_SNAPSHOT_STATEMENT_TIMEOUT_MS: Final = 5000
+# A refresh must not pin a pooled connection behind a pathological scan, or wait long
+# for a lock.
+SNAPSHOT_STATEMENT_TIMEOUT: Final = 5.0
+SNAPSHOT_LOCK_TIMEOUT: Final = 1.0
 
 
-async def fetch_db_snapshot(conn: Conn) -> DbSnapshot:
-    """Read the queue figures (in the connection's current transaction)."""
-    await conn.execute(
-        "SELECT set_config('statement_timeout', %s, true)", (str(_SNAPSHOT_STATEMENT_TIMEOUT_MS),)
-    )
-    cursor = await conn.execute(_TASK_COUNTS_SQL)
-    counts = {str(status): int(count) for status, count in await cursor.fetchall()}
-    cursor = await conn.execute(_QUEUE_AGES_SQL)
-    row = await cursor.fetchone()
+async def fetch_db_snapshot(
+    conn: Conn, *, statement_timeout: float = SNAPSHOT_STATEMENT_TIMEOUT
+) -> DbSnapshot:
+    """Fold the count deltas, then read the queue figures: one transaction, whose every
+    statement is bounded by ``statement_timeout`` seconds."""
+    async with bounded(conn, statement_timeout=statement_timeout,
+                       lock_timeout=SNAPSHOT_LOCK_TIMEOUT):
+        await conn.execute(_FOLD_COUNTERS_SQL)
+        cursor = await conn.execute(_TASK_COUNTS_SQL)
+        counted = await cursor.fetchone()
+        cursor = await conn.execute(_QUEUE_AGES_SQL)
+        row = await cursor.fetchone()
+    assert counted is not None  # the view always has exactly one row
+    counts = {status: int(count) for status, count in zip(_TASK_COUNT_COLUMNS, counted,
+                                                          strict=True)}
     assert row is not None  # a SELECT without FROM returns exactly one row
     pending_age, processing_age, overdue, paused = row
     return DbSnapshot(

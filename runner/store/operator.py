@@ -56,13 +56,33 @@ _TASK_COLUMNS = """
 def list_tasks(
     conn: Conn, *, status: str | None, agent: str | None, limit: int
 ) -> list[dict[str, Any]]:
+    """The newest tasks, optionally of one status and of one agent (name or id).
+
+    The agent is resolved first, so that the task query compares ``t.agent_id`` with a
+    value: the planner can then walk an index in ``created_at`` order (the agent's, the
+    status's or the creation index, whichever its statistics say is shortest) instead
+    of joining every task of the history to its agent.
+    """
+    params: dict[str, Any] = {"status": status, "limit": max(1, min(limit, 10000))}
+    status_filter = "" if status is None else "AND t.status = %(status)s "
+    if agent is None:
+        agent_filter = ""
+    else:
+        agent_ids = [row[0] for row in conn.execute(
+            "SELECT id FROM ai_agents WHERE name = %s OR id::text = %s", (agent, agent))]
+        if not agent_ids:
+            return []
+        # One id (the usual case) as a plain equality: an index on (agent_id,
+        # created_at) then yields the rows already in order.
+        agent_filter = "AND t.agent_id = %(agent)s " if len(agent_ids) == 1 else \
+            "AND t.agent_id = ANY(%(agent)s) "
+        params["agent"] = agent_ids[0] if len(agent_ids) == 1 else agent_ids
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             f"SELECT {_TASK_COLUMNS} FROM agent_tasks t JOIN ai_agents a ON a.id = t.agent_id "
-            "WHERE (%(status)s::text IS NULL OR t.status = %(status)s) "
-            "AND (%(agent)s::text IS NULL OR a.name = %(agent)s OR a.id::text = %(agent)s) "
+            f"WHERE true {status_filter}{agent_filter}"
             "ORDER BY t.created_at DESC LIMIT %(limit)s",
-            {"status": status, "agent": agent, "limit": max(1, min(limit, 10000))},
+            params,
         )
         return cur.fetchall()
 

@@ -16,7 +16,8 @@ from prometheus_client.samples import Sample
 from runner import metrics
 
 # Label names a product metric may carry; ``le`` belongs to histogram buckets.
-BOUNDED_LABELS = {"agent_type", "status", "outcome", "model", "kind", "service", "version", "le"}
+BOUNDED_LABELS = {"agent_type", "status", "outcome", "model", "kind", "service", "version", "le",
+                  "table"}
 # What a daemon with this project's plugins passes to set_agent_types at start.
 AGENT_TYPES = ("enrichment_agent", "llm_agent", "noop", "opportunity_bot", "scoring_agent")
 
@@ -156,6 +157,21 @@ def test_every_known_combination_is_exported_from_the_start() -> None:
         if s.name == "agent_runner_http_calls_total"
     }
     assert http >= {(s, o) for s in metrics.HTTP_SERVICES for o in metrics.HTTP_OUTCOMES}
+
+
+def test_rows_pruned_counts_by_table_from_zero() -> None:
+    exported = {s.labels["table"] for s in scraped_samples()
+                if s.name == "agent_runner_pruned_rows_total"}
+    assert exported == set(metrics.PRUNED_TABLES)
+    tasks = value("agent_runner_pruned_rows_total", table="agent_tasks")
+    events = value("agent_runner_pruned_rows_total", table="procrastinate_events")
+    metrics.rows_pruned({"agent_tasks": 5, "procrastinate_events": 15, "llm_calls": 0})
+    assert value("agent_runner_pruned_rows_total", table="agent_tasks") == tasks + 5
+    assert value("agent_runner_pruned_rows_total", table="procrastinate_events") == events + 15
+    with pytest.raises(ValueError, match="unknown pruned table"):
+        metrics.rows_pruned({"companies": 1})
+    with pytest.raises(ValueError, match=">= 0"):
+        metrics.rows_pruned({"agent_tasks": -1})
 
 
 def test_llm_call_counts_tokens_by_kind_and_cost() -> None:
