@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -252,8 +253,7 @@ def test_streams_scheduled_every_two_seconds_on_three_daemons(
             tasks = _run_tasks(db_url, run_id)
             assert [(t[1], t[3], t[4]) for t in tasks] == [("completed", 1, 1)] * 3, tasks
         # a run starts only once the previous scheduled one has finished
-        for (_, _, _, previous_done), (_, _, next_started, _) in zip(runs, runs[1:],
-                                                                     strict=False):
+        for (_, _, _, previous_done), (_, _, next_started, _) in itertools.pairwise(runs):
             assert next_started >= previous_done
         skipped = [f for f in fires if f[1] == "skipped"]
         assert all(f[2] in {r[0] for r in runs} for f in skipped)
