@@ -137,12 +137,23 @@ def _scrubbing_dumper(base: type[Any], scrub: Callable[[str], str]) -> type[Any]
     return type(base.__name__, (base,), {"dump": dump})
 
 
+class _ScrubbingDumps:
+    """``json.dumps`` of the cleaned value. An object, not a closure: psycopg caches
+    the dumper class it builds per dumps callable, and refuses to (with a warning
+    about a leak) for closures."""
+
+    __slots__ = ("_scrub",)
+
+    def __init__(self, scrub: Callable[[str], str]) -> None:
+        self._scrub = scrub
+
+    def __call__(self, obj: Any) -> str:
+        return json.dumps(_scrub(strip_nul(obj), self._scrub))
+
+
 @functools.cache
 def _scrubbing_json_dumps(scrub: Callable[[str], str]) -> Callable[[Any], str]:
-    def dumps(obj: Any) -> str:
-        return json.dumps(_scrub(strip_nul(obj), scrub))
-
-    return dumps
+    return _ScrubbingDumps(scrub)
 
 
 def _scrub(value: Any, scrub: Callable[[str], str]) -> Any:
