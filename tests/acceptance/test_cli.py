@@ -163,12 +163,12 @@ def test_migrate_registers_the_installed_agent_types(db_url: str) -> None:
     result = _cli(db_url, "migrate")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "schema is up to date"
-    assert "agent types: enrichment_agent, llm_agent, noop, opportunity_bot, scoring_agent" \
-        in result.stderr
+    assert "agent types: enrichment_agent, llm_agent, noop, opportunity_bot, scoring_agent, " \
+        "scout_agent" in result.stderr
     rows = query(db_url, "SELECT agent_type, module, distribution LIKE 'agent-runner %', "
                          "seen_at > now() - interval '60 seconds' FROM agent_types ORDER BY 1")
     assert ("noop", "agents.noop:NoopAgent", True, True) in rows
-    assert len(rows) == 5 and all(row[2] and row[3] for row in rows)
+    assert len(rows) == 6 and all(row[2] and row[3] for row in rows)
 
 
 # -- enqueue, tasks, show, retry, cancel ------------------------------------------------
