@@ -8,7 +8,9 @@ a ``*_once`` step that tests call directly:
 * rescuer: re-queues attempts whose daemon died or whose job ended without a finish;
 * metrics refresh: the queue figures behind the gauges;
 * control: the cluster-wide pause switch (LISTEN, polling as the fallback);
-* cron: the APScheduler-driven scheduler (:mod:`runner.scheduler`).
+* cron: the APScheduler-driven scheduler (:mod:`runner.scheduler`);
+* retention: prunes finished history past retention (:mod:`runner.retention`);
+* webhooks: delivers the outbox (:mod:`runner.webhooks`).
 
 Connection trouble in a side task is retried under one policy (:mod:`runner.sidetasks`);
 if a side task dies anyway, the daemon stops loudly (exit 1) rather than limp on.
@@ -37,7 +39,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
-from runner import __version__, metrics, sdnotify, sidetasks
+from runner import __version__, metrics, retention, sdnotify, sidetasks
 from runner.delivery import Delivery
 from runner.errors import DatabaseUnreachable, Unhealthy
 from runner.executor import Executor
@@ -303,6 +305,7 @@ class Daemon:
     def _side_tasks(self) -> dict[str, Coroutine[Any, Any, None]]:
         settings = self.settings
         assert self.pool is not None, "the pool opens before the side tasks start"
+        pool = self.pool
         return {
             "heartbeat": sidetasks.every(
                 self._heartbeat_period(), self.heartbeat_once, "heartbeat"),
@@ -312,6 +315,10 @@ class Daemon:
             "control": self._listen_control(),
             "cron": scheduler_side_task(
                 self.pool, conninfo=self.conninfo, settings=settings, daemon_id=self.id),
+            # One daemon at a time prunes (an advisory lock); the others skip the pass.
+            "retention": sidetasks.every(
+                settings.prune_interval, lambda: retention.prune_once(pool, settings),
+                "retention"),
             "webhooks": webhook_side_task(
                 self.pool, settings, conninfo=self.conninfo, daemon_id=self.id),
         }

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,7 +26,7 @@ from runner import metrics
 from runner.retention import RetentionPolicy, prune, prune_locked, prune_once
 from runner.store import bounded
 from runner.store import retention as store
-from tests.harness import REPO, daemon_env, test_settings
+from tests.harness import REPO, daemon_env, daemons, test_settings, wait_until
 
 Conn = psycopg.Connection[Any]
 
@@ -446,3 +447,35 @@ def test_cutoffs_use_the_database_clock(db_url: str, conn: Conn) -> None:
     now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     assert abs((now - cutoff) - dt.timedelta(days=30)) < dt.timedelta(minutes=1)
     assert report["cutoffs"]["llm_calls"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_running_daemons_prune_by_themselves_one_at_a_time(
+    db_url: str, conn: Conn, history: dict[str, Any], tmp_path: Path,
+) -> None:
+
+
+    def old_completed_left() -> int:
+        row = conn.execute("SELECT count(*) FROM agent_tasks WHERE id = ANY(%s::uuid[])",
+                           (history["old_completed"],)).fetchone()
+        return int(row[0]) if row else -1
+
+    with daemons(db_url, tmp_path, count=2, RUNNER_PRUNE_INTERVAL="2",
+                 RUNNER_LOG_LEVEL="DEBUG") as started:
+        wait_until(lambda: old_completed_left() == 0, timeout=120,
+                   message="the daemons pruned the expired completed tasks")
+        wait_until(lambda: all("prune_finished" in d.log_text() or "prune_skipped"
+                               in d.log_text() for d in started), timeout=30,
+                   message="both daemons tried to prune")
+        logs = [d.log_text() for d in started]
+    # Both daemons tried; whoever held the lock pruned, the other skipped meanwhile.
+    assert sum("prune_finished" in log for log in logs) >= 1
+    kept = conn.execute(
+        "SELECT count(*) FROM agent_tasks WHERE id = ANY(%s::uuid[])",
+        (history["old_failed"] + history["recent_completed"] + history["recent_failed"]
+         + history["running_step"],)).fetchone()
+    assert kept == (len(history["old_failed"]) + len(history["recent_completed"])
+                    + len(history["recent_failed"]) + 1,)
+    assert conn.execute("SELECT count(*) FROM stream_items").fetchone() == (1,)
+    assert conn.execute("SELECT count(*) FROM companies").fetchone() == (1,)
