@@ -53,9 +53,19 @@ admin_url=$(bash scripts/ensure_postgres.sh | tail -n 1)
 export AGENT_RUNNER_TEST_ADMIN_URL=$admin_url
 echo "AGENT_RUNNER_TEST_ADMIN_URL=$AGENT_RUNNER_TEST_ADMIN_URL"
 
-section "promtool (for the metrics tests)"
-if ! command -v promtool >/dev/null 2>&1; then
-    # Best effort: the metrics tests say why they skip when it is missing.
+section "promtool and libfaketime (for the metrics and clock-fault tests)"
+faketime_library() {
+    local found
+    for found in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
+        if [[ -f $found ]]; then echo "$found"; return 0; fi
+    done
+    return 1
+}
+packages=()
+command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+faketime_library >/dev/null || packages+=(faketime)
+if [[ ${#packages[@]} -gt 0 ]]; then
+    # Best effort: the tests that need them say why they skip when they are missing.
     apt=()
     if [[ $(id -u) -eq 0 ]]; then
         apt=(apt-get)
@@ -63,17 +73,22 @@ if ! command -v promtool >/dev/null 2>&1; then
         apt=(sudo -n apt-get)
     fi
     if [[ ${#apt[@]} -gt 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing prometheus (for promtool) with apt-get"
+        echo "installing ${packages[*]} with apt-get"
         export DEBIAN_FRONTEND=noninteractive
         "${apt[@]}" update -qq >/dev/null 2>&1 || warn "apt-get update failed"
-        "${apt[@]}" install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
-            || warn "apt-get install prometheus failed"
+        "${apt[@]}" install -y -qq --no-install-recommends "${packages[@]}" >/dev/null 2>&1 \
+            || warn "apt-get install ${packages[*]} failed"
     fi
 fi
 if command -v promtool >/dev/null 2>&1; then
     promtool --version 2>&1 | head -n 1
 else
     warn "promtool is not available; tests that need it will be skipped"
+fi
+if faketime_library >/dev/null; then
+    echo "libfaketime: $(faketime_library)"
+else
+    warn "libfaketime is not available; the clock-fault tests will be skipped"
 fi
 
 failed=()
