@@ -238,8 +238,20 @@ class CronSchedule:
 
     def next_fire_time(self, after: dt.datetime) -> dt.datetime | None:
         """The first fire strictly after ``after``, in UTC; None if there is none within
-        the 50 years cronsim looks ahead (no valid expression gets there)."""
-        after = _utc(after)
+        the 50 years cronsim looks ahead (no valid expression gets there).
+
+        cronsim's wildcard search can go round in circles inside a repeated period that
+        does not start on a whole hour (Pacific/Chatham, Australia/Lord_Howe): the
+        bounded search then steps an hour past it rather than fail the schedule, so a
+        wildcard schedule may miss fires in that one period (docs/workflows.md)."""
+        for hop in range(_MAX_HOPS):
+            try:
+                return self._next_fire_time(_utc(after) + hop * _ONE_HOUR)
+            except _SearchStuck:
+                continue
+        raise RuntimeError(f"no fire time found for {self.expr!r} in {self.tz}")
+
+    def _next_fire_time(self, after: dt.datetime) -> dt.datetime | None:
         # cronsim yields minutes strictly after its start: include the one holding `after`
         start = after.replace(second=0, microsecond=0) - _ONE_SECOND
         for minute in self._minutes(start, reverse=False):
@@ -253,8 +265,16 @@ class CronSchedule:
 
     def latest_fire_time(self, now: dt.datetime, after: dt.datetime) -> dt.datetime | None:
         """The last fire in ``(after, now]``, in UTC, or None. One step back per minute
-        cronsim yields, however long ago ``after`` is."""
-        now, after = _utc(now), _utc(after)
+        cronsim yields, however long ago ``after`` is. A search stuck in a repeated
+        period (see :meth:`next_fire_time`) looks again from an hour earlier."""
+        for hop in range(_MAX_HOPS):
+            try:
+                return self._latest_fire_time(_utc(now) - hop * _ONE_HOUR, _utc(after))
+            except _SearchStuck:
+                continue
+        raise RuntimeError(f"no fire time found for {self.expr!r} in {self.tz}")
+
+    def _latest_fire_time(self, now: dt.datetime, after: dt.datetime) -> dt.datetime | None:
         if now <= after:
             return None
         # cronsim looking back yields minutes strictly before its start: include now's
@@ -279,8 +299,17 @@ class CronSchedule:
                 # cronsim gives up after 50 years without a match
                 return
             yield minute.astimezone(_UTC)
-        raise RuntimeError(
+        raise _SearchStuck(
             f"cron search for {self.expr!r} in {self.tz} took over {_MAX_MINUTE_STEPS} steps")
+
+
+class _SearchStuck(RuntimeError):
+    """cronsim did not find the next minute within the search bound."""
+
+
+_ONE_HOUR: Final = dt.timedelta(hours=1)
+#: hours a stuck search may step over (a repeated period lasts an hour at most)
+_MAX_HOPS: Final = 3
 
 
 def parse_cron(expr: str, tz: str) -> CronSchedule:
