@@ -14,6 +14,15 @@ every call, whoever makes it:
 * **Every successful call is in the cost ledger.** Its usage is priced from
   ``agents/prices.json`` (:mod:`agents.prices`) and recorded through
   ``ctx.record_llm_call`` at once, so the cost shows even if the attempt later fails.
+* **Budgets and provider limits hold for every call** (``runner.context`` has the
+  design): before a call its estimate (input at about 3.5 characters a token, plus all
+  of ``max_tokens``, priced here) is reserved through ``ctx.reserve_llm_call`` -- a
+  budget reached raises :class:`~runner.api.DeferUntil`, the task's ``max_cost_usd``
+  :class:`~runner.api.FailPermanently` -- and each HTTP request first waits for room in
+  the limiter every daemon shares (``ctx.wait_for_llm_capacity``). Each response's
+  ``anthropic-ratelimit-*`` headers are learned; a 429 pauses the model for every
+  daemon (``ctx.llm_rate_limited``). The reservation is settled once the ledger row is
+  written.
 * **Every HTTP attempt is counted** (``ctx.observe_http_call("anthropic", outcome)``),
   failed ones included.
 
@@ -46,6 +55,7 @@ from runner.api import (
     AgentContext,
     AgentSettings,
     FailPermanently,
+    LLMCallEstimate,
     LLMCallRecord,
     RetryLater,
     backoff_delay,
@@ -304,6 +314,8 @@ class LLMSession:
                 f"model {model!r} is deprecated by Anthropic and reaches end of life on "
                 f"{DEPRECATED_MODELS[model]}; set ai_agents.model to a current model",
             )
+        # Budgets: refused before it is sent (DeferUntil / FailPermanently propagate).
+        reservation = await self._ctx.reserve_llm_call(self._estimate(model, params))
         waited_for_rate_limit = 0.0
         transient_failures = 0
         while True:
@@ -320,6 +332,7 @@ class LLMSession:
                 self._ctx.observe_http_call(_SERVICE, "ok")
                 duration_ms = int((time.monotonic() - began) * 1000)
                 await self._record(message, model, duration_ms, request_id)
+                await self._ctx.settle_llm_call(reservation)
                 return message
 
             self._ctx.observe_http_call(_SERVICE, failure.outcome)
@@ -331,6 +344,8 @@ class LLMSession:
                     else self._policy.rate_limit_default_wait,
                     self._policy.rate_limit_max_wait,
                 )
+                # Every daemon waits out the (capped) retry-after, not only this attempt.
+                await self._ctx.llm_rate_limited(model, wait)
                 if waited_for_rate_limit + wait > self._policy.rate_limit_budget:
                     # Long enough in this attempt: let the task be retried after the
                     # wait instead of holding a worker slot.
@@ -355,13 +370,32 @@ class LLMSession:
             await asyncio.sleep(wait)
 
     async def _send(self, params: dict[str, Any], *, stream: bool) -> tuple[Message, str | None]:
+        import anthropic
+
+        model = params["model"]
+        # The limiter every daemon shares: wait for room instead of meeting a 429.
+        await self._ctx.wait_for_llm_capacity(
+            model, _input_estimate(params), params["max_tokens"])
         messages = self._client.messages
-        if stream:
-            async with messages.stream(**params) as events:
-                final = await events.get_final_message()
-                return final, events.request_id
-        message = await messages.create(**params)
-        return message, message._request_id
+        try:
+            if stream:
+                async with messages.stream(**params) as events:
+                    final = await events.get_final_message()
+                    await self._ctx.learn_llm_limits(model, events.response.headers)
+                    return final, events.request_id
+            raw = await messages.with_raw_response.create(**params)
+            await self._ctx.learn_llm_limits(model, raw.headers)
+            return await raw.parse(), raw.request_id
+        except anthropic.APIStatusError as exc:
+            await self._ctx.learn_llm_limits(model, exc.response.headers)
+            raise
+
+    def _estimate(self, model: str, params: Mapping[str, Any]) -> LLMCallEstimate:
+        """The most this call may cost: the input estimate plus all of ``max_tokens``."""
+        input_tokens = _input_estimate(params)
+        price = self._prices.price(
+            model, input_tokens=input_tokens, output_tokens=params["max_tokens"])
+        return LLMCallEstimate(model, input_tokens, params["max_tokens"], price.cost_usd)
 
     async def _record(
         self, message: Message, requested_model: str, duration_ms: int, request_id: str | None
@@ -402,6 +436,17 @@ class LLMSession:
         if (reason, model) not in self._warned:
             self._warned.add((reason, model))
             await self._ctx.log(message, level="warning", model=model)
+
+
+#: Characters per token for the input estimate: English text and JSON run at 3.5 to 4,
+#: and an estimate should err high (a budget check, a limiter's take).
+_CHARS_PER_TOKEN: Final = 3.5
+
+
+def _input_estimate(params: Mapping[str, Any]) -> int:
+    """Input tokens of a request, estimated offline from its size (no API call)."""
+    sized = {key: params.get(key) for key in ("system", "messages", "tools")}
+    return int(len(json.dumps(sized, default=str)) / _CHARS_PER_TOKEN) + 1
 
 
 def _request_params(

@@ -34,6 +34,7 @@ from runner.errors import (
     AgentOutcomeError,
     CancelTask,
     CommandFailed,
+    DeferUntil,
     FailPermanently,
     RetryLater,
     UsageError,
@@ -53,9 +54,12 @@ __all__ = [
     "CommandHost",
     "CommitHook",
     "DaemonDatabase",
+    "DeferUntil",
     "FailPermanently",
     "InProcessDaemon",
+    "LLMCallEstimate",
     "LLMCallRecord",
+    "LLMReservation",
     "RetryLater",
     "UsageError",
     "add_json_flag",
@@ -117,6 +121,30 @@ class LLMCallRecord:
     request_id: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LLMCallEstimate:
+    """What one model call may cost at most, before it is made: its input estimate and
+    its ``max_tokens`` (priced by the agent, which owns the price table)."""
+
+    model: str
+    input_tokens: int
+    max_output_tokens: int
+    cost_usd: Decimal
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.max_output_tokens
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LLMReservation:
+    """A call's estimate held against the budgets until its ledger row is written
+    (:meth:`AgentContext.settle_llm_call`) or the attempt ends."""
+
+    id: int
+    estimate: LLMCallEstimate
+
+
 @dataclasses.dataclass(slots=True)
 class AgentResult:
     """What a successful run hands back to the executor.
@@ -165,6 +193,41 @@ class AgentContext(Protocol):
 
     def observe_http_call(self, service: str, outcome: str) -> None:
         """Count an external HTTP call for Prometheus (``service``, ``outcome`` bounded)."""
+        ...
+
+    # LLM governance (CONTRACT.md "LLM budgets and limits"). A model call goes:
+    # reserve_llm_call -> wait_for_llm_capacity -> send -> learn_llm_limits (every
+    # response, a 429's too) / llm_rate_limited (a 429) -> record_llm_call ->
+    # settle_llm_call. agents.llm.LLMSession does this for every call.
+
+    async def reserve_llm_call(self, estimate: LLMCallEstimate) -> LLMReservation:
+        """Hold ``estimate`` against every active budget of this agent and organization
+        and against the agent's ``max_cost_usd`` for this task, in one short locked
+        transaction shared by every daemon. Raises :class:`DeferUntil` (``budget
+        reached: ...``, due at the budget's next UTC period) or :class:`FailPermanently`
+        (``cost cap reached: ...``) when the call must not be made."""
+        ...
+
+    async def settle_llm_call(self, reservation: LLMReservation) -> None:
+        """End a reservation: its call's ledger row is written, or the call failed.
+        (Reservations left open end with the attempt, or expire.)"""
+        ...
+
+    async def wait_for_llm_capacity(
+        self, model: str, input_tokens: int, max_tokens: int
+    ) -> float:
+        """Wait until the shared per-model limiter (requests, input and output tokens
+        per minute, and any 429 pause) has room for this call, and take it. Returns the
+        seconds waited; cancellable."""
+        ...
+
+    async def llm_rate_limited(self, model: str, retry_after: float | None) -> None:
+        """A 429 arrived: pause ``model`` for every daemon for ``retry_after`` seconds."""
+        ...
+
+    async def learn_llm_limits(self, model: str, headers: Mapping[str, str]) -> None:
+        """Learn the model's limits and remaining capacity from a response's
+        ``anthropic-ratelimit-*`` headers (limits set in the settings win)."""
         ...
 
 

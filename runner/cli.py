@@ -891,6 +891,32 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+# -- budgets ---------------------------------------------------------------------------
+
+
+def cmd_budgets(args: argparse.Namespace, settings: Settings) -> int:
+    """Every LLM budget with its spend in the current UTC period (CONTRACT.md)."""
+    from runner.store import llm as llm_store
+
+    with _connect(settings) as conn:
+        rows = llm_store.list_budgets(conn)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for row in rows:
+        row["scope"] = f"agent {row['agent']}" if row["agent"] else "organization"
+        row["limit"] = " / ".join(
+            part for part in (
+                f"${row['limit_usd']}" if row["limit_usd"] is not None else "",
+                f"{row['limit_tokens']} tokens" if row["limit_tokens"] is not None else "",
+            ) if part)
+        row["spent"] = f"${round(row['spent_usd'], 6)} / {row['spent_tokens']} tokens"
+        row["reserved"] = f"${round(row['reserved_usd'], 6)}"
+    _print_table(rows, ["id", "organization", "scope", "period", "limit", "spent", "reserved",
+                        "is_active", "deferred_tasks", "resets_at"])
+    return EXIT_OK
+
+
 # -- webhooks --------------------------------------------------------------------------
 
 
@@ -1335,6 +1361,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report what would be removed, remove nothing")
     _json_flag(p)
     p.set_defaults(handler=cmd_prune)
+
+    p = sub.add_parser("budgets", help="LLM budgets (llm_budgets) with their spend in the "
+                                       "current UTC period")
+    _json_flag(p)
+    p.set_defaults(handler=cmd_budgets)
 
     _add_webhook_commands(sub)
     _add_agent_commands(sub)

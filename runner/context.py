@@ -1,8 +1,27 @@
-"""The :class:`runner.api.AgentContext` the executor hands to an agent for one attempt."""
+"""The :class:`runner.api.AgentContext` the executor hands to an agent for one attempt.
+
+LLM governance lives here for the agents (SQL in :mod:`runner.store.llm`):
+
+* **Budgets.** :meth:`AttemptContext.reserve_llm_call` holds a call's estimate against
+  the budgets of its scope in one short transaction that locks the budget rows, so
+  concurrent attempts of every daemon overshoot a budget by at most one call each. A
+  refused call raises :class:`DeferUntil` (the executor re-queues the task at the
+  budget's next UTC period, no retry spent) or, for the task's own ``max_cost_usd``,
+  :class:`FailPermanently`. The reservation ends when its ledger row is written
+  (:meth:`settle_llm_call`), with the attempt (:meth:`close`), or by expiry after the
+  agent's timeout if the daemon dies.
+* **Provider limits.** :meth:`wait_for_llm_capacity` takes a call's request, input and
+  output tokens from the model's shared token buckets, sleeping (cancellable) for as
+  long as the database says; :meth:`llm_rate_limited` pauses the model for everyone;
+  :meth:`learn_llm_limits` reads the ``anthropic-ratelimit-*`` headers.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
@@ -14,8 +33,16 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from runner import metrics
-from runner.api import AgentDefinition, AgentSettings, LLMCallRecord
+from runner.api import (
+    AgentDefinition,
+    AgentSettings,
+    LLMCallEstimate,
+    LLMCallRecord,
+    LLMReservation,
+)
+from runner.errors import DeferUntil, FailPermanently
 from runner.store import attempts as store
+from runner.store import llm as llm_store
 
 logger = logging.getLogger("runner.agent")
 
@@ -41,8 +68,10 @@ class AttemptContext:
         settings: AgentSettings,
         http: httpx.AsyncClient,
         parent_outputs: Mapping[str, Mapping[str, Any]],
+        llm_limits: llm_store.Limits | None = None,
     ) -> None:
         self._pool = pool
+        self._llm_limits = llm_limits or llm_store.Limits()
         self._attempt = attempt
         self._llm_calls = 0
         self._metrics: dict[str, float] = {}
@@ -114,3 +143,98 @@ class AttemptContext:
             # Decimal to 8 places, stored as a JSON number
             figures["cost_usd"] = float(round(self._cost, 8))
         return figures
+
+    # LLM governance ------------------------------------------------------------------
+
+    async def reserve_llm_call(self, estimate: LLMCallEstimate) -> LLMReservation:
+        agent = self._attempt.agent
+        async with self._pool.connection() as conn:
+            result = await llm_store.reserve(
+                conn, org_id=agent.org_id, agent_id=agent.id, task_id=self.task_id,
+                execution_id=self.execution_id, cost_usd=estimate.cost_usd,
+                tokens=estimate.tokens,
+                # A dead daemon's reservation stops counting once its attempt would
+                # have timed out anyway.
+                ttl_seconds=float(agent.timeout_seconds) + _RESERVATION_SLACK_SECONDS,
+            )
+        if result.reservation_id is not None:
+            return LLMReservation(id=result.reservation_id, estimate=estimate)
+        message = result.message or "LLM call refused"
+        if result.blocked == "budget":
+            assert result.resume_at is not None
+            metrics.budget_deferral(agent.agent_type)
+            await self.log(message, level="warning", budget_id=str(result.budget_id),
+                           resume_at=result.resume_at.isoformat())
+            raise DeferUntil(message, at=result.resume_at.astimezone(dt.UTC))
+        raise FailPermanently(message)
+
+    async def settle_llm_call(self, reservation: LLMReservation) -> None:
+        async with self._pool.connection() as conn:
+            await llm_store.release(conn, [reservation.id])
+
+    async def wait_for_llm_capacity(
+        self, model: str, input_tokens: int, max_tokens: int
+    ) -> float:
+        began = time.monotonic()
+        try:
+            while True:
+                async with self._pool.connection() as conn:
+                    wait = await llm_store.take_capacity(
+                        conn, model=model, limits=self._llm_limits,
+                        input_tokens=input_tokens, output_tokens=max_tokens)
+                if wait <= 0:
+                    return time.monotonic() - began
+                # Try again at the earliest moment there could be room, but at least
+                # every few seconds: another daemon's learning may change the picture.
+                await asyncio.sleep(min(max(wait, _MIN_THROTTLE_SLEEP), _MAX_THROTTLE_SLEEP))
+        finally:
+            metrics.llm_throttle_wait(model, time.monotonic() - began)
+
+    async def llm_rate_limited(self, model: str, retry_after: float | None) -> None:
+        metrics.llm_rate_limited(model)
+        if retry_after is not None and retry_after > 0:
+            async with self._pool.connection() as conn:
+                await llm_store.pause_model(conn, model=model, seconds=retry_after)
+
+    async def learn_llm_limits(self, model: str, headers: Mapping[str, str]) -> None:
+        buckets = [learned_bucket(headers, kind, self._llm_limits.window_seconds)
+                   for kind in ("requests", "input-tokens", "output-tokens")]
+        if all(b.limit is None and b.remaining is None for b in buckets):
+            return
+        async with self._pool.connection() as conn:
+            await llm_store.learn_limits(
+                conn, model=model, requests=buckets[0], input_tokens=buckets[1],
+                output_tokens=buckets[2])
+
+    async def close(self) -> None:
+        """The attempt is over: release whatever reservations it still holds (calls
+        that failed, or were cancelled, before their ledger row)."""
+        async with self._pool.connection() as conn:
+            await llm_store.release_execution(conn, self.execution_id)
+
+
+_RESERVATION_SLACK_SECONDS = 60.0
+_MIN_THROTTLE_SLEEP = 0.01
+_MAX_THROTTLE_SLEEP = 5.0
+
+
+def learned_bucket(
+    headers: Mapping[str, str], kind: str, window_seconds: float
+) -> llm_store.LearnedBucket:
+    """``anthropic-ratelimit-<kind>-limit`` / ``-remaining``, per minute in the API,
+    scaled to the limiter's window."""
+    scale = window_seconds / 60.0
+
+    def number(name: str) -> float | None:
+        value = headers.get(f"anthropic-ratelimit-{kind}-{name}")
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    limit = number("limit")
+    remaining = number("remaining")
+    return llm_store.LearnedBucket(
+        limit=limit * scale if limit is not None else None,
+        remaining=remaining * scale if remaining is not None else None,
+    )

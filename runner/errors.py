@@ -6,6 +6,7 @@ Callers catch by type, never by message. The tree::
     ├── AgentOutcomeError        an agent's own verdict on its attempt (runner.api)
     │   ├── RetryLater           transient: retry with backoff while retries remain
     │   ├── FailPermanently      cannot succeed as it is: fail now, keep the retries
+    │   ├── DeferUntil           not now: pending again at a given time, no retry spent
     │   └── CancelTask           end the task as cancelled
     ├── AgentResolutionError     the attempt cannot start its agent: fails permanently
     │   ├── UnknownAgentType     no installed plugin provides the task's agent_type
@@ -31,6 +32,7 @@ embedded server); the root is what new code catches.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 
@@ -57,6 +59,17 @@ class RetryLater(AgentOutcomeError):
 class FailPermanently(AgentOutcomeError):
     """The task can never succeed as it is (bad input, 4xx from an API): fail now,
     without spending the remaining retries."""
+
+
+class DeferUntil(AgentOutcomeError):
+    """Not now, and not the agent's fault: the task goes back to ``pending``, due at
+    ``at`` (UTC), without spending a retry (an LLM budget reached: its next period)."""
+
+    def __init__(self, message: str, *, at: dt.datetime) -> None:
+        super().__init__(message)
+        if at.tzinfo is None:
+            raise ValueError("DeferUntil needs an aware datetime")
+        self.at = at
 
 
 class CancelTask(AgentOutcomeError):

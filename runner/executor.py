@@ -38,6 +38,7 @@ from runner.outcomes import (
 from runner.plugins import Registry
 from runner.settings import Settings
 from runner.store import attempts as store
+from runner.store import llm as llm_store
 
 logger = logging.getLogger("runner.executor")
 
@@ -78,6 +79,10 @@ class Executor:
         self._http = http
         self._daemon_id = daemon_id
         self._db_policy = sidetasks.TransientPolicy(give_up_after=settings.db_outage_limit)
+        self._llm_limits = llm_store.Limits(
+            requests=settings.llm_rpm, input_tokens=settings.llm_itpm,
+            output_tokens=settings.llm_otpm, window_seconds=settings.llm_limit_window,
+        )
         #: the attempt tasks this executor runs, by task id
         self.running: dict[UUID, asyncio.Task[Any]] = {}
         #: why an attempt was cancelled through :meth:`cancel`
@@ -196,11 +201,22 @@ class Executor:
                 exc, self._retry_budget(attempt), timeout_seconds=attempt.agent.timeout_seconds)
         if context is not None:
             finish = finish.with_metrics(context.execution_metrics())
+            await self._shielded(self._close_context(context))
         # The finish also ends the delivery job (one transaction saved per attempt). A
         # cancellation that arrives while the end is being written is moot: the
         # attempt has ended, and its end (completed work included) is kept.
         report, _ = await self._shielded(self._record(attempt, finish, commit_hook))
         return report
+
+    @staticmethod
+    async def _close_context(context: AttemptContext) -> None:
+        """Release the budget reservations the attempt still holds. Best effort: they
+        expire by themselves (after the agent's timeout) if this fails."""
+        try:
+            await context.close()
+        except Exception:
+            logger.warning("llm_reservations_not_released",
+                           extra={"task_id": str(context.task_id)}, exc_info=True)
 
     def _resolve(self, attempt: store.StartedAttempt, agent_active: bool) -> tuple[Agent, Any]:
         """The agent for the task's type and its validated payload."""
@@ -218,6 +234,7 @@ class Executor:
             settings=self._agent_settings,
             http=self._http,
             parent_outputs=parents,
+            llm_limits=self._llm_limits,
         )
 
     @staticmethod

@@ -74,6 +74,7 @@ __all__ = [
     "HttpService",
     "TokenKind",
     "attempt_finished",
+    "budget_deferral",
     "classify_http_status",
     "cron_fired",
     "daemon_started",
@@ -82,6 +83,8 @@ __all__ = [
     "heartbeat",
     "http_call",
     "llm_call",
+    "llm_rate_limited",
+    "llm_throttle_wait",
     "refresh_task_counts",
     "render",
     "rescued",
@@ -183,7 +186,8 @@ _attempts_finished = Counter(
     "agent_runner_task_attempts_finished",
     "Attempts this daemon finished, by outcome: completed, retry (failed, will run "
     "again), failed (permanently), cancelled, timeout, interrupted (handed back at "
-    "shutdown), fenced (lost its task), skipped (stale job).",
+    "shutdown), deferred (an LLM budget reached: pending again at its next period, no "
+    "retry spent), fenced (lost its task), skipped (stale job).",
     ["agent_type", "outcome"],
     registry=REGISTRY,
 )
@@ -253,6 +257,28 @@ _pruned_rows = Counter(
     "agent_runner_pruned_rows",
     "Rows of finished history this daemon's automatic prune deleted, by table.",
     ["table"],
+    registry=REGISTRY,
+)
+
+_llm_rate_limited = Counter(
+    "agent_runner_llm_rate_limited",
+    "429 responses received from the model provider (each pauses the model for every "
+    "daemon for its retry-after).",
+    ["model"],
+    registry=REGISTRY,
+)
+_llm_throttle_wait = Histogram(
+    "agent_runner_llm_throttle_wait_seconds",
+    "Time a model call waited for the shared provider limiter before it was sent.",
+    ["model"],
+    buckets=(0.0, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+    registry=REGISTRY,
+)
+_budget_deferrals = Counter(
+    "agent_runner_budget_deferrals",
+    "Attempts deferred to a budget's next period because a model call would cross an "
+    "LLM budget.",
+    ["agent_type"],
     registry=REGISTRY,
 )
 
@@ -408,6 +434,21 @@ def llm_call(
     for kind, count in tokens.items():
         _llm_tokens.labels(label, kind).inc(count)
     _llm_cost.labels(label).inc(float(cost_usd))
+
+
+def llm_rate_limited(model: str) -> None:
+    """A 429 arrived for ``model``."""
+    _llm_rate_limited.labels(_model_label(model)).inc()
+
+
+def llm_throttle_wait(model: str, seconds: float) -> None:
+    """A call to ``model`` waited ``seconds`` for the shared limiter (0 included)."""
+    _llm_throttle_wait.labels(_model_label(model)).observe(max(0.0, seconds))
+
+
+def budget_deferral(agent_type: str) -> None:
+    """A call of an agent of this type would have crossed a budget: its task waits."""
+    _budget_deferrals.labels(_agent_type_label(agent_type)).inc()
 
 
 def http_call(*, service: str, outcome: str) -> None:

@@ -11,6 +11,7 @@ outcomes, and the delivery seam asks :attr:`Outcome.ends_delivery_job`.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from runner.errors import (
     AgentResolutionError,
     CancelTask,
+    DeferUntil,
     FailPermanently,
     RetryLater,
 )
@@ -36,6 +38,8 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     #: handed back at shutdown, no retry spent
     INTERRUPTED = "interrupted"
+    #: pending again at a set time, no retry spent (an LLM budget reached)
+    DEFERRED = "deferred"
     #: the attempt lost its task before it could finish: nothing was written
     FENCED = "fenced"
     #: the delivery job was stale (task cancelled, or re-queued under another job)
@@ -106,6 +110,16 @@ class Finish:
             error="interrupted by daemon shutdown; handed back",
         )
 
+    @classmethod
+    def deferred(cls, error: str, *, delay: float) -> Finish:
+        """Not now: pending again, due in ``delay`` seconds, no retry spent."""
+        # The attempt did not fail (nothing was wrong with it): its execution ends
+        # like a hand-back, and the agent's failure figures do not count it.
+        return cls(
+            Outcome.DEFERRED, "interrupted", "pending",
+            error=error, run_at_delay_seconds=max(0.0, delay),
+        )
+
     def with_metrics(self, figures: Mapping[str, Any]) -> Finish:
         return dataclasses.replace(self, metrics={**self.metrics, **figures})
 
@@ -132,16 +146,24 @@ class RetryBudget:
         return Finish.retry(error, delay=delay, timed_out=timed_out)
 
 
-def finish_for_error(exc: Exception, budget: RetryBudget, *, timeout_seconds: float) -> Finish:
+def finish_for_error(
+    exc: Exception, budget: RetryBudget, *, timeout_seconds: float,
+    now: dt.datetime | None = None,
+) -> Finish:
     """The finish for an attempt that raised ``exc`` (the closed mapping).
 
     Permanent (no retries spent): an agent that cannot be resolved or a payload its
-    model refuses, and :class:`FailPermanently`. :class:`CancelTask` cancels. A timeout
+    model refuses, and :class:`FailPermanently`. :class:`CancelTask` cancels.
+    :class:`DeferUntil` re-queues at its time (``now``: the clock, for tests) without
+    spending a retry, whatever retries remain. A timeout
     and :class:`RetryLater` are retried while retries remain; so is anything
     unexpected, which is treated as transient.
     """
     if isinstance(exc, AgentResolutionError | FailPermanently):
         return Finish.failed(str(exc))
+    if isinstance(exc, DeferUntil):
+        now = now or dt.datetime.now(dt.UTC)
+        return Finish.deferred(str(exc), delay=(exc.at - now).total_seconds())
     if isinstance(exc, CancelTask):
         return Finish.cancelled(str(exc) or "cancelled by agent")
     if isinstance(exc, TimeoutError):

@@ -97,6 +97,15 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, le=86400, alias="RUNNER_WEBHOOK_RETRY_MAX_DELAY"
     )
 
+    # The provider limiter every daemon shares (CONTRACT.md "LLM budgets and limits"):
+    # requests, input tokens and output tokens per minute per model; unset = learned
+    # from the anthropic-ratelimit-* response headers. RUNNER_LLM_LIMIT_WINDOW is the
+    # buckets' window in seconds (60 = per minute; tests shrink it).
+    llm_rpm: float | None = Field(default=None, gt=0, alias="RUNNER_LLM_RPM")
+    llm_itpm: float | None = Field(default=None, gt=0, alias="RUNNER_LLM_ITPM")
+    llm_otpm: float | None = Field(default=None, gt=0, alias="RUNNER_LLM_OTPM")
+    llm_limit_window: float = Field(default=60.0, gt=0, le=3600, alias="RUNNER_LLM_LIMIT_WINDOW")
+
     anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, alias="ANTHROPIC_BASE_URL")
     companies_house_api_key: SecretStr | None = Field(default=None, alias="COMPANIES_HOUSE_API_KEY")

@@ -257,7 +257,8 @@ class _Handler(QuietHandler):
         if body.get("stream"):
             self._stream(message, reply)
         else:
-            self._json(200, message)
+            # A scripted reply's headers go with a success too (anthropic-ratelimit-*).
+            self._json(200, message, dict(reply.headers))
 
     def do_GET(self) -> None:
         self._error(404, "not_found_error", f"Not found: {self.path}")

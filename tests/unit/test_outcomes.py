@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from runner.errors import (
     CancelTask,
+    DeferUntil,
     FailPermanently,
     InvalidPayload,
     RetryLater,
@@ -90,3 +93,25 @@ def test_finish_helpers_merge_figures() -> None:
     finish = Finish.completed({"a": 1}).with_output({"b": 2}).with_metrics({"llm_calls": 1})
     assert finish.output == {"a": 1, "b": 2} and finish.metrics == {"llm_calls": 1}
     assert Finish.retry("x", delay=-1).run_at_delay_seconds == 0.0
+
+
+def test_defer_until_requeues_at_its_time_without_spending_a_retry() -> None:
+    now = dt.datetime(2026, 12, 6, 22, 0, tzinfo=dt.UTC)
+    at = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    # Even with no retries left: a deferral is not a failure of the attempt.
+    exhausted = RetryBudget(retry_count=3, max_retries=3, backoff=lambda n: 1.0)
+    finish = finish_for_error(DeferUntil("budget reached: x", at=at), exhausted,
+                              timeout_seconds=30, now=now)
+    assert finish.outcome is Outcome.DEFERRED
+    assert (finish.task_status, finish.execution_status) == ("pending", "interrupted")
+    assert finish.spend_retry is False
+    assert finish.run_at_delay_seconds == 2 * 3600
+    assert finish.error == "budget reached: x"
+    assert finish.outcome.ends_delivery_job
+    # A time already past is due at once.
+    assert Finish.deferred("late", delay=-5).run_at_delay_seconds == 0
+
+
+def test_defer_until_needs_an_aware_time() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        DeferUntil("x", at=dt.datetime(2026, 12, 7))

@@ -1,0 +1,172 @@
+"""LLM governance: budget reservations and the provider limiter's buckets (sql/0012).
+
+* :func:`reserve` -- one call's estimate against the budgets of its scope and the task's
+  ``max_cost_usd`` (``runner_llm_reserve``: budget rows locked ``FOR UPDATE``, so
+  concurrent checks of any number of daemons are serialised);
+* :func:`release` -- a reservation's end (its ledger row is written, or the call failed);
+* :func:`take_capacity`, :func:`pause_model`, :func:`learn_limits` -- the per-model token
+  buckets every daemon shares;
+* :data:`BUDGETS_WITH_SPEND` -- every budget with what counts against it (the CLI's
+  ``budgets``; run by a sync connection).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+from runner.store import Conn
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """``reservation_id`` when the call may be made; otherwise what stopped it."""
+
+    reservation_id: int | None
+    #: ``budget`` or ``cost_cap`` when refused
+    blocked: str | None = None
+    budget_id: UUID | None = None
+    message: str | None = None
+    #: a budget's next period (when the call could be made again)
+    resume_at: dt.datetime | None = None
+
+
+async def reserve(
+    conn: Conn, *, org_id: UUID, agent_id: UUID, task_id: UUID, execution_id: UUID,
+    cost_usd: Decimal, tokens: int, ttl_seconds: float,
+) -> ReserveResult:
+    cur = await conn.execute(
+        "SELECT reservation_id, blocked, budget_id, message, resume_at "
+        "FROM runner_llm_reserve(%s, %s, %s, %s, %s, %s, %s)",
+        (org_id, agent_id, task_id, execution_id, cost_usd, tokens, ttl_seconds),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return ReserveResult(*row)
+
+
+async def release(conn: Conn, reservation_ids: list[int]) -> None:
+    if reservation_ids:
+        await conn.execute(
+            "DELETE FROM llm_budget_reservations WHERE id = ANY(%s)", (reservation_ids,))
+
+
+async def release_execution(conn: Conn, execution_id: UUID) -> None:
+    """Every reservation an attempt still holds (its end: nothing is in flight)."""
+    await conn.execute(
+        "DELETE FROM llm_budget_reservations WHERE execution_id = %s", (execution_id,))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-window limits from the settings (``None``: learned from the headers)."""
+
+    requests: float | None = None
+    input_tokens: float | None = None
+    output_tokens: float | None = None
+    #: the buckets' window in seconds (60: "per minute"; tests shrink it)
+    window_seconds: float = 60.0
+
+
+async def take_capacity(
+    conn: Conn, *, model: str, limits: Limits, input_tokens: int, output_tokens: int
+) -> float:
+    """0.0 when the call's capacity was taken; otherwise seconds to wait first."""
+    cur = await conn.execute(
+        "SELECT runner_llm_take_capacity(%s, %s, %s, %s, %s, %s, %s)",
+        (model, limits.requests, limits.input_tokens, limits.output_tokens,
+         float(input_tokens), float(output_tokens), limits.window_seconds),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+async def pause_model(conn: Conn, *, model: str, seconds: float) -> None:
+    """Nobody calls ``model`` for ``seconds`` (a 429's ``retry-after``); a longer pause
+    already set is kept."""
+    await conn.execute(
+        """
+        INSERT INTO llm_rate_limits AS r (model, paused_until)
+        VALUES (%(model)s, clock_timestamp() + make_interval(secs => %(seconds)s))
+        ON CONFLICT (model) DO UPDATE
+        SET paused_until = greatest(r.paused_until, excluded.paused_until), updated_at = now()
+        """,
+        {"model": model, "seconds": seconds},
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LearnedBucket:
+    """One ``anthropic-ratelimit-<kind>-{limit,remaining}`` pair, converted to the
+    limiter's window."""
+
+    limit: float | None
+    remaining: float | None
+
+
+async def learn_limits(
+    conn: Conn, *, model: str, requests: LearnedBucket, input_tokens: LearnedBucket,
+    output_tokens: LearnedBucket,
+) -> None:
+    """Store what the API said of its limits: a limit replaces the learned one, a
+    remaining count (the API's own view) replaces the bucket's level as of now."""
+    await conn.execute(
+        """
+        INSERT INTO llm_rate_limits AS r (
+            model, requests_limit, input_tokens_limit, output_tokens_limit,
+            requests_available, input_tokens_available, output_tokens_available, refilled_at)
+        VALUES (%(model)s, %(rl)s, %(il)s, %(ol)s, %(rr)s, %(ir)s, %(orr)s, clock_timestamp())
+        ON CONFLICT (model) DO UPDATE
+        SET requests_limit = coalesce(excluded.requests_limit, r.requests_limit),
+            input_tokens_limit = coalesce(excluded.input_tokens_limit, r.input_tokens_limit),
+            output_tokens_limit = coalesce(excluded.output_tokens_limit, r.output_tokens_limit),
+            requests_available = least(
+                coalesce(excluded.requests_available, r.requests_available),
+                r.requests_available),
+            input_tokens_available = least(
+                coalesce(excluded.input_tokens_available, r.input_tokens_available),
+                r.input_tokens_available),
+            output_tokens_available = least(
+                coalesce(excluded.output_tokens_available, r.output_tokens_available),
+                r.output_tokens_available),
+            updated_at = now()
+        """,
+        {
+            "model": model,
+            "rl": requests.limit, "il": input_tokens.limit, "ol": output_tokens.limit,
+            "rr": requests.remaining, "ir": input_tokens.remaining,
+            "orr": output_tokens.remaining,
+        },
+    )
+
+
+#: Every budget with its spend and open reservations in the current period, for the CLI.
+BUDGETS_WITH_SPEND = """
+SELECT b.id, o.name AS organization, a.name AS agent, b.period, b.limit_usd, b.limit_tokens,
+       b.is_active, s.spent_usd, s.spent_tokens, s.reserved_usd, s.reserved_tokens,
+       runner_budget_period_start(b.period, now()) AS period_start,
+       runner_budget_next_period(b.period, now()) AS resets_at,
+       (SELECT count(*) FROM agent_tasks t
+        WHERE t.status = 'pending' AND t.error_message LIKE 'budget reached:%%'
+          AND t.org_id = b.org_id AND (b.agent_id IS NULL OR t.agent_id = b.agent_id))
+           AS deferred_tasks
+FROM llm_budgets b
+JOIN organizations o ON o.id = b.org_id
+LEFT JOIN ai_agents a ON a.id = b.agent_id
+CROSS JOIN LATERAL runner_budget_spend(b) s
+ORDER BY o.name, a.name NULLS FIRST, b.period, b.created_at
+"""
+
+
+def list_budgets(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """:data:`BUDGETS_WITH_SPEND`, one dict a budget (the CLI's sync connection)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(BUDGETS_WITH_SPEND)
+        return cur.fetchall()

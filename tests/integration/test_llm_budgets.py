@@ -1,0 +1,305 @@
+"""LLM budgets and the shared provider limiter (CONTRACT.md "LLM budgets and limits"):
+real executor, real Postgres, the real ``anthropic`` client against the stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from agents.llm import RetryPolicy
+from agents.llm_agent import LLMAgent
+from runner import cli
+from runner.outcomes import Outcome
+from runner.plugins import Registry
+from runner.settings import Settings
+from tests.harness import await_until, run_task_inline, task_state, test_settings
+from tests.standins.anthropic_api import AnthropicStandIn, Reply, error, text, tool_use
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+FAST = RetryPolicy(
+    rate_limit_max_wait=2.0, rate_limit_budget=5.0, rate_limit_default_wait=0.05,
+    transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
+)
+MODEL = "claude-sonnet-4-6"
+#: A call billed 10,000 input tokens: $0.03 at claude-sonnet-4-6's $3 / MTok, well above
+#: its estimate (the real request is small), so a budget can really be crossed.
+EXPENSIVE = {"input_tokens": 10_000}
+CALL_COST = Decimal("0.03")
+
+
+@pytest.fixture
+def api() -> Iterator[AnthropicStandIn]:
+    with AnthropicStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def settings(api: AnthropicStandIn) -> Settings:
+    return test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url)
+
+
+def _registry() -> Registry:
+    return Registry([LLMAgent(policy=FAST)])
+
+
+def _agent(conn: Conn, *, name: str = "analyst", max_cost_usd: str | None = None,
+           max_steps: int = 20, max_tokens: int = 1000) -> str:
+    row = conn.execute(
+        "INSERT INTO ai_agents (name, agent_type, model, instructions_prompt, tool_names, "
+        "max_agent_steps, configuration, max_cost_usd) "
+        "VALUES (%s, 'llm_agent', %s, 'Be brief.', %s, %s, %s, %s) RETURNING id",
+        (name, MODEL, ["get_company"], max_steps, json.dumps({"max_tokens": max_tokens}),
+         max_cost_usd),
+    ).fetchone()
+    assert row
+    return str(row[0])
+
+
+def _enqueue(conn: Conn, name: str = "analyst") -> str:
+    row = conn.execute("SELECT enqueue_agent_task(%s, %s::jsonb)",
+                       (name, json.dumps({"prompt": "Look up 00000001."}))).fetchone()
+    assert row
+    return str(row[0])
+
+
+def _budget(conn: Conn, agent_id: str | None, limit_usd: str, period: str = "day") -> str:
+    row = conn.execute(
+        "INSERT INTO llm_budgets (agent_id, period, limit_usd) VALUES (%s, %s, %s) "
+        "RETURNING id", (agent_id, period, limit_usd)).fetchone()
+    assert row
+    return str(row[0])
+
+
+def _looping(body: dict[str, Any]) -> Reply:
+    """A model that asks for a tool for ever, each call billed as EXPENSIVE."""
+    return tool_use("get_company", {"company_number": "00000001"}, **EXPENSIVE)
+
+
+def _spend(conn: Conn, agent_id: str) -> tuple[Decimal, int]:
+    row = conn.execute("SELECT coalesce(sum(cost_usd), 0), count(*) FROM llm_calls "
+                       "WHERE agent_id = %s", (agent_id,)).fetchone()
+    assert row
+    return row[0], row[1]
+
+
+def _next_utc_midnight(now: dt.datetime) -> dt.datetime:
+    return dt.datetime.combine(now.astimezone(dt.UTC).date() + dt.timedelta(days=1),
+                               dt.time(), tzinfo=dt.UTC)
+
+
+# Budgets -----------------------------------------------------------------------------
+
+
+async def test_concurrent_attempts_overshoot_a_budget_by_at_most_one_call_each(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    agent_id = _agent(conn)
+    limit = Decimal("0.10")
+    budget_id = _budget(conn, agent_id, str(limit))
+    api.default = _looping
+    api.latency = 0.05
+    tasks = [_enqueue(conn) for _ in range(2)]
+
+    outcomes = await asyncio.gather(*(
+        run_task_inline(pool, task, registry=_registry(), settings=settings)
+        for task in tasks))
+
+    assert outcomes == [Outcome.DEFERRED, Outcome.DEFERRED]
+    spent, calls = _spend(conn, agent_id)
+    assert calls >= 2
+    # Each attempt may be one call past the limit, no more.
+    assert spent <= limit + 2 * CALL_COST + Decimal("0.001")
+    tomorrow = _next_utc_midnight(dt.datetime.now(dt.UTC))
+    for task in tasks:
+        status, retry_count, _, message = task_state(conn, task)
+        assert (status, retry_count) == ("pending", 0)
+        assert message.startswith("budget reached: agent 'analyst' day budget")
+        assert budget_id in message
+        assert f"deferred until {tomorrow:%Y-%m-%dT%H:%M:%SZ}" in message
+        row = conn.execute("SELECT scheduled_for FROM agent_tasks WHERE id = %s",
+                           (task,)).fetchone()
+        # due at the period's start (the delay is measured against the daemon's clock)
+        assert row and abs((row[0] - tomorrow).total_seconds()) < 5
+    # Nothing stays reserved once the attempts are over.
+    assert conn.execute("SELECT count(*) FROM llm_budget_reservations").fetchone() == (0,)
+
+
+async def test_raising_the_budget_releases_deferred_tasks_at_once(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    agent_id = _agent(conn)
+    budget_id = _budget(conn, agent_id, "0.01")
+    # The organization has spent its agent's day already.
+    conn.execute(
+        "INSERT INTO llm_calls (agent_id, call_index, model, cost_usd, price_version) "
+        "VALUES (%s, 1, %s, 0.02, 'test')", (agent_id, MODEL))
+    task = _enqueue(conn)
+    assert await run_task_inline(
+        pool, task, registry=_registry(), settings=settings) is Outcome.DEFERRED
+    assert api.message_requests() == []
+    row = conn.execute("SELECT scheduled_for > now() + interval '1 minute' FROM agent_tasks "
+                       "WHERE id = %s", (task,)).fetchone()
+    assert row == (True,)
+
+    conn.execute("UPDATE llm_budgets SET limit_usd = 5 WHERE id = %s", (budget_id,))
+
+    row = conn.execute(
+        "SELECT t.scheduled_for <= now(), j.status, coalesce(j.scheduled_at <= now(), true) "
+        "FROM agent_tasks t JOIN procrastinate_jobs j ON j.id = t.job_id WHERE t.id = %s",
+        (task,)).fetchone()
+    assert row == (True, "todo", True)
+    api.enqueue(text("Done."))
+    assert await run_task_inline(
+        pool, task, registry=_registry(), settings=settings) is Outcome.COMPLETED
+    assert task_state(conn, task)[:2] == ("completed", 0)
+
+
+async def test_an_organization_budget_defers_and_removing_it_releases(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    _agent(conn)
+    budget_id = _budget(conn, None, "0", period="month")
+    task = _enqueue(conn)
+    assert await run_task_inline(
+        pool, task, registry=_registry(), settings=settings) is Outcome.DEFERRED
+    message = task_state(conn, task)[3]
+    assert message.startswith("budget reached: organization month budget")
+    conn.execute("DELETE FROM llm_budgets WHERE id = %s", (budget_id,))
+    row = conn.execute("SELECT scheduled_for <= now() FROM agent_tasks WHERE id = %s",
+                       (task,)).fetchone()
+    assert row == (True,)
+
+
+async def test_max_cost_usd_fails_the_task_for_good_mid_loop(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    # Estimate per call: about $0.015 (1,000 output tokens) + a little input.
+    _agent(conn, max_cost_usd="0.1")
+    api.default = _looping
+    task = _enqueue(conn)
+
+    outcome = await run_task_inline(pool, task, registry=_registry(), settings=settings)
+
+    assert outcome is Outcome.FAILED
+    status, retry_count, _, message = task_state(conn, task)
+    assert (status, retry_count) == ("failed", 0)
+    assert message.startswith("cost cap reached:")
+    row = conn.execute("SELECT sum(cost_usd), count(*) FROM llm_calls WHERE task_id = %s",
+                       (task,)).fetchone()
+    assert row is not None
+    assert row[1] >= 2  # it stopped mid-loop, after some calls
+    assert row[0] <= Decimal("0.1")
+    metrics = conn.execute("SELECT metrics FROM agent_executions WHERE task_id = %s",
+                           (task,)).fetchone()
+    assert metrics and metrics[0]["llm_calls"] == row[1]
+
+
+def test_budgets_command_shows_each_budget_with_its_spend(
+    conn: Conn, db_url: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent_id = _agent(conn)
+    _budget(conn, agent_id, "1.5")
+    _budget(conn, None, "100", period="month")
+    conn.execute(
+        "INSERT INTO llm_calls (agent_id, call_index, model, input_tokens, cost_usd, "
+        "price_version) VALUES (%s, 1, %s, 1000, 0.25, 'test')", (agent_id, MODEL))
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    assert cli.main(["budgets", "--json"]) == 0
+    budgets = json.loads(capsys.readouterr().out)
+    assert [(b["agent"], b["period"], b["spent_usd"], b["spent_tokens"]) for b in budgets] == [
+        (None, "month", 0.25, 1000), ("analyst", "day", 0.25, 1000)]
+    assert cli.main(["budgets"]) == 0
+    assert "agent analyst" in capsys.readouterr().out
+
+
+# The provider limiter ------------------------------------------------------------------
+
+
+async def test_requests_per_window_are_spread_out(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn
+) -> None:
+    # Two requests per 1 s window: the third call of the loop waits about half a second.
+    settings = test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url,
+                             RUNNER_LLM_RPM=2, RUNNER_LLM_LIMIT_WINDOW=1)
+    _agent(conn)
+    api.enqueue(tool_use("get_company", {"company_number": "00000001"}),
+                tool_use("get_company", {"company_number": "00000001"}),
+                text("Done."))
+    task = _enqueue(conn)
+    assert await run_task_inline(
+        pool, task, registry=_registry(), settings=settings) is Outcome.COMPLETED
+    times = [request.received_at for request in api.message_requests()]
+    assert len(times) == 3
+    assert times[2] - times[0] >= 0.4
+    row = conn.execute("SELECT requests_available < 1 FROM llm_rate_limits WHERE model = %s",
+                       (MODEL,)).fetchone()
+    assert row == (True,)
+
+
+async def test_limits_are_learned_from_the_response_headers(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    _agent(conn)
+    headers = (("anthropic-ratelimit-requests-limit", "50"),
+               ("anthropic-ratelimit-requests-remaining", "49"),
+               ("anthropic-ratelimit-input-tokens-limit", "30000"),
+               ("anthropic-ratelimit-input-tokens-remaining", "29000"),
+               ("anthropic-ratelimit-output-tokens-limit", "8000"))
+    reply = text("Done.")
+    api.enqueue(Reply(content=reply.content, headers=headers))
+    task = _enqueue(conn)
+    assert await run_task_inline(
+        pool, task, registry=_registry(), settings=settings) is Outcome.COMPLETED
+    row = conn.execute(
+        "SELECT requests_limit, input_tokens_limit, output_tokens_limit, "
+        "requests_available <= 49, input_tokens_available <= 29000 "
+        "FROM llm_rate_limits WHERE model = %s", (MODEL,)).fetchone()
+    assert row == (50, 30000, 8000, True, True)
+
+
+async def test_a_429_pauses_the_model_for_another_attempt(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    _agent(conn)
+    first = [True]
+
+    def once_rate_limited(body: dict[str, Any]) -> Reply:
+        if first:
+            first.clear()
+            return error(429, "rate_limit_error", "slow down", retry_after="1")
+        return text("Done.")
+
+    api.default = once_rate_limited
+    task_a, task_b = _enqueue(conn), _enqueue(conn)
+    running_a = asyncio.create_task(
+        run_task_inline(pool, task_a, registry=_registry(), settings=settings))
+
+    async def paused() -> bool:
+        async with pool.connection() as aconn:
+            row = await (await aconn.execute(
+                "SELECT paused_until > now() FROM llm_rate_limits WHERE model = %s",
+                (MODEL,))).fetchone()
+        return bool(row and row[0])
+
+    await await_until(paused, within=10, message="the model paused")
+    rate_limited_at = api.message_requests()[0].received_at
+    began = time.monotonic()
+    outcome_b = await run_task_inline(pool, task_b, registry=_registry(), settings=settings)
+    assert outcome_b is Outcome.COMPLETED
+    assert await running_a is Outcome.COMPLETED
+    requests = api.message_requests()
+    assert len(requests) == 3
+    # B's only request waited out A's retry-after, though B never saw a 429.
+    b_request = [r for r in requests[1:] if r.received_at >= began]
+    assert b_request and min(r.received_at for r in b_request) - rate_limited_at >= 0.9
