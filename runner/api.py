@@ -1,9 +1,9 @@
 """The runner's public face for agents: everything an agent may import from ``runner``.
 
 An agent is a class with an ``agent_type``, a pydantic ``Input`` model and an async
-``run(ctx, payload)`` that returns an :class:`AgentResult` or raises one of the three
-outcome errors below. The executor (``runner.executor``) maps outcomes to task states;
-nothing else does.
+``run(ctx, payload)`` that returns an :class:`AgentResult` or raises one of the
+outcome errors below (:class:`DeferUntil`: not now, no retry spent). The executor
+(``runner.executor``) maps outcomes to task states; nothing else does.
 
 Two rules keep an agent exactly-once:
 
