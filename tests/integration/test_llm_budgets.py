@@ -31,9 +31,8 @@ FAST = RetryPolicy(
     transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
 )
 MODEL = "claude-sonnet-4-6"
-#: A call billed 10,000 input tokens: $0.03 at claude-sonnet-4-6's $3 / MTok, well above
-#: its estimate (the real request is small), so a budget can really be crossed.
-EXPENSIVE = {"input_tokens": 10_000}
+#: What _looping's calls are billed (10,000 input tokens at claude-sonnet-4-6's $3 / MTok),
+#: well above their estimate (the real request is small), so a budget can be crossed.
 CALL_COST = Decimal("0.03")
 
 
@@ -81,8 +80,8 @@ def _budget(conn: Conn, agent_id: str | None, limit_usd: str, period: str = "day
 
 
 def _looping(body: dict[str, Any]) -> Reply:
-    """A model that asks for a tool for ever, each call billed as EXPENSIVE."""
-    return tool_use("get_company", {"company_number": "00000001"}, **EXPENSIVE)
+    """A model that asks for a tool for ever, each call billed CALL_COST."""
+    return tool_use("get_company", {"company_number": "00000001"}, input_tokens=10_000)
 
 
 def _spend(conn: Conn, agent_id: str) -> tuple[Decimal, int]:
@@ -303,3 +302,40 @@ async def test_a_429_pauses_the_model_for_another_attempt(
     # B's only request waited out A's retry-after, though B never saw a 429.
     b_request = [r for r in requests[1:] if r.received_at >= began]
     assert b_request and min(r.received_at for r in b_request) - rate_limited_at >= 0.9
+
+
+async def test_a_day_budget_fits_some_of_ten_tasks_three_at_a_time(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings
+) -> None:
+    # Issue 12's acceptance, in process: ten one-call tasks of about $0.02 each, three
+    # running at once, against a $0.10 day budget of their agent.
+    agent_id = _agent(conn)
+    limit = Decimal("0.10")
+    budget_id = _budget(conn, agent_id, str(limit))
+    api.default = text("Done.", input_tokens=6_667)
+    api.latency = 0.05
+    tasks = [_enqueue(conn) for _ in range(10)]
+    slots = asyncio.Semaphore(3)
+
+    async def run(task: str) -> Outcome:
+        async with slots:
+            return await run_task_inline(pool, task, registry=_registry(), settings=settings)
+
+    outcomes = await asyncio.gather(*(run(task) for task in tasks))
+
+    completed = [t for t, o in zip(tasks, outcomes, strict=True) if o is Outcome.COMPLETED]
+    deferred = [t for t, o in zip(tasks, outcomes, strict=True) if o is Outcome.DEFERRED]
+    assert len(completed) + len(deferred) == 10
+    assert 3 <= len(completed) < 10
+    spent, calls = _spend(conn, agent_id)
+    assert calls == len(completed)
+    assert spent <= limit + Decimal("0.02")  # never more than one call over
+    for task in deferred:
+        status, retry_count, _, message = task_state(conn, task)
+        assert (status, retry_count) == ("pending", 0)
+        assert message.startswith("budget reached:") and budget_id in message
+
+    conn.execute("UPDATE llm_budgets SET limit_usd = 1 WHERE id = %s", (budget_id,))
+    outcomes = await asyncio.gather(*(run(task) for task in deferred))
+    assert outcomes == [Outcome.COMPLETED] * len(deferred)
+    assert _spend(conn, agent_id)[1] == 10
