@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -55,6 +56,8 @@ from runner.api import (
     AgentContext,
     AgentSettings,
     FailPermanently,
+    JournaledModelTurn,
+    JournaledToolResult,
     LLMCallEstimate,
     LLMCallRecord,
     RetryLater,
@@ -145,10 +148,14 @@ DEFAULT_POLICY: Final = RetryPolicy()
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ToolOutcome:
-    """What a tool hands back to the model: ``content`` goes into a ``tool_result``."""
+    """What a tool hands back to the model: ``content`` goes into a ``tool_result``.
+    ``effects`` (JSON, or None) is what the call buffered for the finishing transaction:
+    journaled with the result, and handed to :meth:`LoopTool.restore` when a later
+    attempt replays the result instead of running the tool again."""
 
     content: str
     is_error: bool = False
+    effects: Any = None
 
 
 class LoopTool(Protocol):
@@ -162,6 +169,11 @@ class LoopTool(Protocol):
         ...
 
     async def invoke(self, arguments: Mapping[str, Any]) -> ToolOutcome: ...
+
+    def restore(self, effects: Any) -> None:
+        """Buffer again what a journaled call buffered (its ``ToolOutcome.effects``):
+        the replayed call is not run twice, yet its writes still commit with the task."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -272,6 +284,10 @@ class LLMSession:
         self._prices = prices or load_price_table()
         # (reason, model) pairs already logged: one warning per attempt is enough.
         self._warned: set[tuple[str, str]] = set()
+        #: The journal step and request fingerprint of the last :meth:`create` (the
+        #: tool loop keys the tool results of that turn by them).
+        self.last_step = 0
+        self.last_fingerprint = ""
 
     async def __aenter__(self) -> LLMSession:
         return self
@@ -306,6 +322,20 @@ class LLMSession:
         if stream is None:
             stream = max_tokens > STREAM_ABOVE_MAX_TOKENS
         params = _request_params(model, max_tokens, messages, system, tools)
+        # Durable turns: the same request at the same step of an earlier attempt of this
+        # task is answered from the journal (no call, no cost, no ledger row).
+        step = self.last_step = self._ctx.next_llm_step()
+        fingerprint = self.last_fingerprint = request_fingerprint(params)
+        recorded = await self._ctx.journal_lookup(step, fingerprint)
+        if recorded is not None:
+            from anthropic.types import Message
+
+            replayed = Message.model_validate(recorded)
+            await self._ctx.journal_model_turn(
+                JournaledModelTurn(step, fingerprint, replayed.model or model, recorded),
+                replayed=True,
+            )
+            return replayed
         if model in DEPRECATED_MODELS:
             # The SDK's DeprecationWarning is hidden by Python's default filters in a
             # daemon; the task log is where an operator will see it.
@@ -331,7 +361,14 @@ class LLMSession:
             else:
                 self._ctx.observe_http_call(_SERVICE, "ok")
                 duration_ms = int((time.monotonic() - began) * 1000)
-                await self._record(message, model, duration_ms, request_id)
+                call = await self._record(message, model, duration_ms, request_id)
+                # Journaled as soon as it is paid for: a crash before this line makes
+                # the call again in the next attempt (at least once, never lost).
+                await self._ctx.journal_model_turn(JournaledModelTurn(
+                    step, fingerprint, call.model, message.to_dict(),
+                    input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+                    cost_usd=call.cost_usd, duration_ms=duration_ms,
+                ), replayed=False)
                 await self._ctx.settle_llm_call(reservation)
                 return message
 
@@ -399,7 +436,7 @@ class LLMSession:
 
     async def _record(
         self, message: Message, requested_model: str, duration_ms: int, request_id: str | None
-    ) -> None:
+    ) -> LLMCallRecord:
         usage = message.usage
         billed_model = message.model or requested_model
         creation = usage.cache_creation_input_tokens or 0
@@ -413,7 +450,7 @@ class LLMSession:
             cache_read_input_tokens=read,
             cache_creation_1h_input_tokens=one_hour,
         )
-        await self._ctx.record_llm_call(LLMCallRecord(
+        call = LLMCallRecord(
             model=billed_model,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -424,18 +461,29 @@ class LLMSession:
             stop_reason=message.stop_reason,
             duration_ms=duration_ms,
             request_id=request_id,
-        ))
+        )
+        await self._ctx.record_llm_call(call)
         if price.priced_as is None:
             await self._warn_once(
                 "unpriced", billed_model,
                 f"model {billed_model!r} is not in the price table {self._prices.version}; "
                 "its calls are priced at the table's highest rates",
             )
+        return call
 
     async def _warn_once(self, reason: str, model: str, message: str) -> None:
         if (reason, model) not in self._warned:
             self._warned.add((reason, model))
             await self._ctx.log(message, level="warning", model=model)
+
+
+def request_fingerprint(params: Mapping[str, Any]) -> str:
+    """sha256 of the request as canonical JSON (sorted keys, no spaces): model, system,
+    messages, tools, max_tokens. Whether the call streams is not part of it (the answer
+    does not depend on it)."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 #: Characters per token for the input estimate: English text and JSON run at 3.5 to 4,
@@ -575,7 +623,10 @@ async def run_tool_loop(
                 continue
             results: list[ToolResultBlockParam] = []
             for block in tool_uses:
-                outcome = await _invoke(ctx, by_name.get(block.name), block.name, block.input)
+                outcome = await _journaled_invoke(
+                    ctx, by_name.get(block.name), block.id, block.name, block.input,
+                    step=llm.last_step, turn=llm.last_fingerprint,
+                )
                 result: ToolResultBlockParam = {
                     "type": "tool_result", "tool_use_id": block.id, "content": outcome.content,
                 }
@@ -583,6 +634,36 @@ async def run_tool_loop(
                     result["is_error"] = True
                 results.append(result)
             conversation.append({"role": "user", "content": results})
+
+
+async def _journaled_invoke(
+    ctx: AgentContext, tool: LoopTool | None, tool_use_id: str, name: str, arguments: object,
+    *, step: int, turn: str,
+) -> ToolOutcome:
+    """Run one tool call, or replay its result from an earlier attempt of the task (the
+    same ``tool_use`` block of the same model turn, ``turn`` being that turn's request
+    fingerprint): a side-effecting tool never runs twice."""
+    fingerprint = hashlib.sha256(json.dumps(
+        {"turn": turn, "tool_use_id": tool_use_id, "name": name, "input": arguments},
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str,
+    ).encode()).hexdigest()
+    recorded = await ctx.journal_lookup(step, fingerprint, tool_use_id=tool_use_id)
+    began = time.monotonic()
+    if recorded is not None:
+        outcome = ToolOutcome(str(recorded["output"]), bool(recorded.get("is_error")),
+                              recorded.get("effects"))
+        if tool is not None and outcome.effects is not None:
+            tool.restore(outcome.effects)
+        await ctx.log(f"tool {name}: replayed from an earlier attempt",
+                      level="tool_error" if outcome.is_error else "tool_success",
+                      tool=name, replayed=True)
+    else:
+        outcome = await _invoke(ctx, tool, name, arguments)
+    await ctx.journal_tool_result(JournaledToolResult(
+        step, tool_use_id, fingerprint, name, arguments, outcome.content, outcome.is_error,
+        outcome.effects, duration_ms=int((time.monotonic() - began) * 1000),
+    ), replayed=recorded is not None)
+    return outcome
 
 
 async def _invoke(
@@ -596,8 +677,8 @@ async def _invoke(
     else:
         outcome = await tool.invoke(arguments)
     if len(outcome.content) > MAX_TOOL_RESULT_CHARS:
-        outcome = ToolOutcome(
-            outcome.content[:MAX_TOOL_RESULT_CHARS] + " ...[truncated]", outcome.is_error
+        outcome = dataclasses.replace(
+            outcome, content=outcome.content[:MAX_TOOL_RESULT_CHARS] + " ...[truncated]"
         )
     await ctx.log(
         f"tool {name}: {'error: ' + outcome.content[:200] if outcome.is_error else 'ok'}",

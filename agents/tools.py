@@ -72,6 +72,28 @@ class PendingWrites:
     def __bool__(self) -> bool:
         return bool(self.insights)
 
+    def effects_since(self, buffered: int) -> dict[str, Any] | None:
+        """The insights buffered after the first ``buffered``, as JSON (a tool call's
+        effects, journaled with its result), or None."""
+        added = self.insights[buffered:]
+        if not added:
+            return None
+        return {"insights": json.loads(json.dumps(added, default=_json_value))}
+
+    def restore(self, effects: Any, *, task_id: UUID, execution_id: UUID) -> None:
+        """Buffer again the insights of a journaled call (from :meth:`effects_since`),
+        as this attempt's: a replayed ``save_insight`` is not run twice, and what it
+        saved still commits with the task, once."""
+        if not isinstance(effects, Mapping):
+            return
+        for insight in effects.get("insights", ()):
+            row = dict(insight)
+            for key in ("org_id", "stream_id", "company_id"):
+                if row.get(key) is not None:
+                    row[key] = UUID(str(row[key]))
+            row["task_id"], row["execution_id"] = task_id, execution_id
+            self.insights.append(row)
+
     async def commit(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """The ``AgentResult.commit`` hook: runs in the finishing transaction."""
         await store.insert_insights(conn, self.insights)
@@ -114,11 +136,17 @@ class BoundTool(Generic[A]):
         except ValidationError as exc:
             problems = describe_validation_error(exc, root="input", limit=10)
             return ToolOutcome(f"invalid input: {problems}", is_error=True)
+        buffered = len(self.writes.insights)
         try:
             result = await self.spec.handler(self.ctx, self.writes, args)
         except ToolError as exc:
             return ToolOutcome(str(exc), is_error=True)
-        return ToolOutcome(json.dumps(result, default=_json_value, ensure_ascii=False))
+        return ToolOutcome(json.dumps(result, default=_json_value, ensure_ascii=False),
+                           effects=self.writes.effects_since(buffered))
+
+    def restore(self, effects: Any) -> None:
+        self.writes.restore(effects, task_id=self.ctx.task_id,
+                            execution_id=self.ctx.execution_id)
 
 
 class ToolRegistry:

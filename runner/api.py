@@ -57,6 +57,8 @@ __all__ = [
     "DeferUntil",
     "FailPermanently",
     "InProcessDaemon",
+    "JournaledModelTurn",
+    "JournaledToolResult",
     "LLMCallEstimate",
     "LLMCallRecord",
     "LLMReservation",
@@ -119,6 +121,44 @@ class LLMCallRecord:
     stop_reason: str | None = None
     duration_ms: int | None = None
     request_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournaledModelTurn:
+    """One model response, as the journal keeps it (``llm_journal``; the transcript).
+
+    ``step`` numbers the attempt's model calls from 1 (:meth:`AgentContext.next_llm_step`);
+    ``fingerprint`` identifies the request (a later attempt replays the turn only for
+    the same request at the same step); ``response`` is the API's message as JSON, what a
+    replay hands back instead of calling the model.
+    """
+
+    step: int
+    fingerprint: str
+    model: str
+    response: Mapping[str, Any]
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    duration_ms: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournaledToolResult:
+    """One tool result of a tool loop, as the journal keeps it: ``step`` is the model
+    turn that asked for it, ``tool_use_id`` the ``tool_use`` block answered. ``effects``
+    (JSON) is what the tool buffered for the finishing transaction, so that a replay
+    restores it instead of running the tool again."""
+
+    step: int
+    tool_use_id: str
+    fingerprint: str
+    tool_name: str
+    tool_input: Any
+    output: str
+    is_error: bool = False
+    effects: Any = None
+    duration_ms: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -189,6 +229,29 @@ class AgentContext(Protocol):
 
     def add_metrics(self, **values: float) -> None:
         """Add numeric figures to this execution's ``metrics`` (summed per key)."""
+        ...
+
+    # Durable turns (``llm_journal``): each written at once, in its own transaction.
+
+    def next_llm_step(self) -> int:
+        """The step number of this attempt's next model call: 1, 2, 3 ..."""
+        ...
+
+    async def journal_lookup(
+        self, step: int, fingerprint: str, *, tool_use_id: str | None = None
+    ) -> Mapping[str, Any] | None:
+        """What an earlier attempt of this task recorded for this turn with this exact
+        request: a model turn's ``response``, or (``tool_use_id`` given) a tool result's
+        ``{"output", "is_error", "effects"}``. None: make the call live."""
+        ...
+
+    async def journal_model_turn(self, turn: JournaledModelTurn, *, replayed: bool) -> None:
+        """Journal a model response of this attempt. ``replayed``: it came from the
+        journal, cost nothing and is counted as replayed (no ledger row)."""
+        ...
+
+    async def journal_tool_result(self, result: JournaledToolResult, *, replayed: bool) -> None:
+        """Journal a tool result of this attempt (``replayed``: the tool did not run)."""
         ...
 
     def observe_http_call(self, service: str, outcome: str) -> None:

@@ -60,6 +60,7 @@ from runner.plugins import InvalidPayload, Registry, UnknownAgentType, load_regi
 from runner.redaction import Redactor
 from runner.settings import Settings, SettingsError, load_settings
 from runner.store import agent_types
+from runner.store import journal as journal_store
 from runner.store import operator as admin
 from runner.store.text import make_storable
 
@@ -325,8 +326,12 @@ def cmd_tasks(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     with _connect(settings) as conn:
         document = admin.show_task(conn, args.task_id)
+        transcript = (journal_store.transcript(conn, args.task_id)
+                      if document is not None and args.transcript else None)
     if document is None:
         raise CommandFailed(f"no task {args.task_id}")
+    if transcript is not None:
+        document["transcript"] = _shown_transcript(transcript, Redactor.from_settings(settings))
     if args.json:
         _print_json(document)
         return EXIT_OK
@@ -345,7 +350,68 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
             print("  " + line)
     print("\nlogs:")
     _print_table(document["logs"], ["created_at", "log_type", "message"])
+    if transcript is not None:
+        print("\ntranscript:")
+        _print_transcript(document["transcript"])
     return EXIT_OK
+
+
+#: A transcript string longer than this is shown cut, with a note of its length.
+TRANSCRIPT_MAX_CHARS = 4096
+
+
+def _trimmed(value: Any) -> Any:
+    """``value`` with every string over :data:`TRANSCRIPT_MAX_CHARS` cut, with a note."""
+    if isinstance(value, str) and len(value) > TRANSCRIPT_MAX_CHARS:
+        return (f"{value[:TRANSCRIPT_MAX_CHARS]} ...[truncated: {len(value)} characters "
+                "in all]")
+    if isinstance(value, list):
+        return [_trimmed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _trimmed(item) for key, item in value.items()}
+    return value
+
+
+def _shown_transcript(rows: Sequence[Mapping[str, Any]], redact: Redactor) -> list[Any]:
+    """The ``llm_transcript`` rows as shown: secrets redacted (the daemon stores them
+    scrubbed already; this also covers rows written before a key was configured) and
+    oversized blobs trimmed."""
+    shown = []
+    for row in rows:
+        text = redact(json.dumps(dict(row), default=_json_value, ensure_ascii=False))
+        shown.append(_trimmed(json.loads(text)))
+    return shown
+
+
+def _print_transcript(rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        print("  (none)")
+        return
+    attempt = None
+    for row in rows:
+        if row["attempt"] != attempt:
+            attempt = row["attempt"]
+            print(f"  attempt {attempt}:")
+        mark = "  [replayed]" if row["replayed"] else ""
+        if row["role"] == "assistant":
+            print(f"    step {row['step']} model: {row['input_tokens']} in / "
+                  f"{row['output_tokens']} out tokens, ${row['cost_usd']}, "
+                  f"{row['duration_ms']} ms{mark}")
+            for block in row["content"] or []:
+                if block.get("type") == "text":
+                    print(f"      text: {block.get('text', '')}")
+                elif block.get("type") == "tool_use":
+                    print(f"      tool call {block.get('name')}: "
+                          f"{json.dumps(block.get('input'), ensure_ascii=False)}")
+                else:
+                    print(f"      {block.get('type')}")
+        else:
+            error = " (error)" if isinstance(row["content"], dict) and \
+                row["content"].get("is_error") else ""
+            print(f"    step {row['step']} tool {row['tool_name']}{error}: "
+                  f"{row['duration_ms']} ms{mark}")
+            print(f"      input: {json.dumps(row['tool_input'], ensure_ascii=False)}")
+            print(f"      output: {row['tool_output']}")
 
 
 def _workflow_tree(steps: Sequence[dict[str, Any]], *, current: Any) -> list[str]:
@@ -1285,6 +1351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="one task with its executions, logs and workflow run")
     p.add_argument("task_id", type=_uuid)
+    p.add_argument("--transcript", action="store_true",
+                   help="also the model turns and tool results of every attempt "
+                        "(llm_transcript)")
     _json_flag(p)
     p.set_defaults(handler=cmd_show)
 

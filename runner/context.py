@@ -36,12 +36,15 @@ from runner import metrics
 from runner.api import (
     AgentDefinition,
     AgentSettings,
+    JournaledModelTurn,
+    JournaledToolResult,
     LLMCallEstimate,
     LLMCallRecord,
     LLMReservation,
 )
 from runner.errors import DeferUntil, FailPermanently
 from runner.store import attempts as store
+from runner.store import journal
 from runner.store import llm as llm_store
 
 logger = logging.getLogger("runner.agent")
@@ -74,6 +77,7 @@ class AttemptContext:
         self._llm_limits = llm_limits or llm_store.Limits()
         self._attempt = attempt
         self._llm_calls = 0
+        self._llm_steps = 0
         self._metrics: dict[str, float] = {}
         self._cost = Decimal(0)
         self.task_id: UUID = attempt.task_id
@@ -126,6 +130,53 @@ class AttemptContext:
             cache_read_input_tokens=call.cache_read_input_tokens,
             cost_usd=float(call.cost_usd),
         )
+
+    def next_llm_step(self) -> int:
+        self._llm_steps += 1
+        return self._llm_steps
+
+    async def journal_lookup(
+        self, step: int, fingerprint: str, *, tool_use_id: str | None = None
+    ) -> Mapping[str, Any] | None:
+        async with self._pool.connection() as conn:
+            return await journal.lookup_turn(
+                conn, task_id=self.task_id, kind="model" if tool_use_id is None else "tool",
+                step=step, fingerprint=fingerprint, tool_use_id=tool_use_id,
+            )
+
+    async def journal_model_turn(self, turn: JournaledModelTurn, *, replayed: bool) -> None:
+        async with self._pool.connection() as conn:
+            await journal.insert_turn(
+                conn, task_id=self.task_id, execution_id=self.execution_id, step=turn.step,
+                kind="model", fingerprint=turn.fingerprint, role="assistant",
+                content=turn.response.get("content", []), response=turn.response,
+                # A replayed turn cost this attempt nothing: the transcript says so.
+                input_tokens=0 if replayed else turn.input_tokens,
+                output_tokens=0 if replayed else turn.output_tokens,
+                cost_usd=Decimal(0) if replayed else turn.cost_usd,
+                duration_ms=0 if replayed else turn.duration_ms,
+                replayed=replayed,
+            )
+        if replayed:
+            self.add_metrics(llm_replayed_calls=1)
+            metrics.llm_replayed_call(model=turn.model)
+
+    async def journal_tool_result(self, result: JournaledToolResult, *, replayed: bool) -> None:
+        block: dict[str, Any] = {
+            "type": "tool_result", "tool_use_id": result.tool_use_id, "content": result.output,
+        }
+        if result.is_error:
+            block["is_error"] = True
+        async with self._pool.connection() as conn:
+            await journal.insert_turn(
+                conn, task_id=self.task_id, execution_id=self.execution_id, step=result.step,
+                kind="tool", fingerprint=result.fingerprint, role="tool", content=block,
+                response={"output": result.output, "is_error": result.is_error,
+                          "effects": result.effects},
+                tool_use_id=result.tool_use_id, tool_name=result.tool_name,
+                tool_input=result.tool_input, tool_output=result.output,
+                duration_ms=0 if replayed else result.duration_ms, replayed=replayed,
+            )
 
     def add_metrics(self, **values: float) -> None:
         for key, value in values.items():

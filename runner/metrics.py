@@ -84,6 +84,7 @@ __all__ = [
     "http_call",
     "llm_call",
     "llm_rate_limited",
+    "llm_replayed_call",
     "llm_throttle_wait",
     "refresh_task_counts",
     "render",
@@ -234,6 +235,12 @@ _llm_cost = Counter(
     ["model"],
     registry=REGISTRY,
 )
+_llm_replayed_calls = Counter(
+    "agent_runner_llm_replayed_calls",
+    "Model turns replayed from the LLM journal by a later attempt instead of called again.",
+    ["model"],
+    registry=REGISTRY,
+)
 _http_calls = Counter(
     "agent_runner_http_calls",
     "Outbound HTTP calls made by agents, by service and outcome.",
@@ -259,7 +266,6 @@ _pruned_rows = Counter(
     ["table"],
     registry=REGISTRY,
 )
-
 _llm_rate_limited = Counter(
     "agent_runner_llm_rate_limited",
     "429 responses received from the model provider (each pauses the model for every "
@@ -434,6 +440,11 @@ def llm_call(
     for kind, count in tokens.items():
         _llm_tokens.labels(label, kind).inc(count)
     _llm_cost.labels(label).inc(float(cost_usd))
+
+
+def llm_replayed_call(*, model: str) -> None:
+    """A model turn a retry took from the journal (no call, no cost)."""
+    _llm_replayed_calls.labels(_model_label(model)).inc()
 
 
 def llm_rate_limited(model: str) -> None:

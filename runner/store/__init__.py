@@ -10,6 +10,7 @@
 * :mod:`~runner.store.agent_types` -- the agent types plugins registered (migrate, start)
 * :mod:`~runner.store.webhooks` -- webhook endpoints, claims and records of attempts
 * :mod:`~runner.store.retention` -- the prune of finished history past retention
+* :mod:`~runner.store.journal` -- the LLM journal: durable turns, the transcript
 * :mod:`~runner.store.llm` -- LLM budget reservations, the provider limiter's buckets
 * :mod:`~runner.store.text` -- NUL-free text and JSON on every connection (no SQL)
 

@@ -268,9 +268,11 @@ async def test_llm_qualifies_candidates_and_a_retried_attempt_duplicates_nothing
     assert (state["status"], state["retry_count"]) == ("completed", 1)
     assert state["output"]["items_created"] == 2
     assert state["output"]["qualified_count"] == 1
-    assert ledger(conn, task_id) == [(1, 1), (2, 1), (2, 2)]
+    # The first company's answer is replayed from the journal, not paid again.
+    assert ledger(conn, task_id) == [(1, 1), (2, 1)]
     attempt1, attempt2 = executions(conn, task_id)
-    assert LEDGER_KEYS <= set(attempt2["metrics"]) and attempt2["metrics"]["llm_calls"] == 2
+    assert LEDGER_KEYS <= set(attempt2["metrics"]) and attempt2["metrics"]["llm_calls"] == 1
+    assert attempt2["metrics"]["llm_replayed_calls"] == 1
     assert attempt1["metrics"]["llm_calls"] == 1
     assert attempt2["results_summary"]["llm_qualified"] == 2
 

@@ -439,18 +439,19 @@ async def test_retried_task_keeps_each_attempts_ledger_and_saves_insights_once(
     assert conn.execute("SELECT count(*) FROM stream_insights").fetchone() == (0,)
     assert len(_ledger(conn, task_id)) == 1
 
-    # Attempt 2 does it all again and completes.
-    api.enqueue(tool_use("save_insight", insight), text("Saved one insight."))
+    # Attempt 2 replays the first turn and its save_insight from the journal (durable
+    # turns: not paid, not run again), then makes the failed call again and completes.
+    api.enqueue(text("Saved one insight."))
     assert await run_task_inline(pool, task_id, registry=_registry(),
                                  settings=settings) is Outcome.COMPLETED
 
     assert _task(conn, task_id)[:2] == ("completed", 1)
     rows = _ledger(conn, task_id)
-    assert [(r["attempt"], r["call_index"]) for r in rows] == [(1, 1), (2, 1), (2, 2)]
+    assert [(r["attempt"], r["call_index"]) for r in rows] == [(1, 1), (2, 1)]
     first, second = _metrics(conn, task_id)
-    assert (first["llm_calls"], second["llm_calls"]) == (1, 2)
+    assert (first["llm_calls"], second["llm_calls"], second["llm_replayed_calls"]) == (1, 1, 1)
     assert Decimal(str(first["cost_usd"])) == rows[0]["cost_usd"]
-    assert Decimal(str(second["cost_usd"])) == rows[1]["cost_usd"] + rows[2]["cost_usd"]
+    assert Decimal(str(second["cost_usd"])) == rows[1]["cost_usd"]
     saved = conn.execute(
         "SELECT i.title, i.body, i.kind, i.metadata, i.stream_id = s.id, c.company_number, "
         "e.attempt FROM stream_insights i JOIN streams s ON true "
