@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from agents.llm import RetryPolicy
 from agents.llm_agent import LLMAgent
-from runner import cli
+from runner import cli, metrics
 from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
@@ -89,6 +89,16 @@ def _spend(conn: Conn, agent_id: str) -> tuple[Decimal, int]:
                        "WHERE agent_id = %s", (agent_id,)).fetchone()
     assert row
     return row[0], row[1]
+
+
+def _metric(name: str) -> float:
+    """A series' total over its labels, in this process's registry."""
+    return sum(sample.value for family in metrics.REGISTRY.collect()
+               for sample in family.samples if sample.name == name)
+
+
+def _deferrals() -> float:
+    return _metric("agent_runner_budget_deferrals_total")
 
 
 def _next_utc_midnight(now: dt.datetime) -> dt.datetime:
@@ -168,11 +178,18 @@ async def test_an_organization_budget_defers_and_removing_it_releases(
 ) -> None:
     _agent(conn)
     budget_id = _budget(conn, None, "0", period="month")
+    conn.execute("INSERT INTO webhook_endpoints (url, events) "
+                 "VALUES ('https://hooks.example/budget', '{budget.reached}')")
+    deferrals = _deferrals()
     task = _enqueue(conn)
     assert await run_task_inline(
         pool, task, registry=_registry(), settings=settings) is Outcome.DEFERRED
     message = task_state(conn, task)[3]
     assert message.startswith("budget reached: organization month budget")
+    assert _deferrals() == deferrals + 1
+    event = conn.execute("SELECT payload FROM webhook_events WHERE event_type = "
+                         "'budget.reached'").fetchone()
+    assert event and event[0]["budget_id"] == budget_id and event[0]["task_id"] == task
     conn.execute("DELETE FROM llm_budgets WHERE id = %s", (budget_id,))
     row = conn.execute("SELECT scheduled_for <= now() FROM agent_tasks WHERE id = %s",
                        (task,)).fetchone()
@@ -232,6 +249,7 @@ async def test_requests_per_window_are_spread_out(
     settings = test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url,
                              RUNNER_LLM_RPM=2, RUNNER_LLM_LIMIT_WINDOW=1)
     _agent(conn)
+    waited = _metric("agent_runner_llm_throttle_wait_seconds_sum")
     api.enqueue(tool_use("get_company", {"company_number": "00000001"}),
                 tool_use("get_company", {"company_number": "00000001"}),
                 text("Done."))
@@ -241,6 +259,7 @@ async def test_requests_per_window_are_spread_out(
     times = [request.received_at for request in api.message_requests()]
     assert len(times) == 3
     assert times[2] - times[0] >= 0.4
+    assert _metric("agent_runner_llm_throttle_wait_seconds_sum") - waited >= 0.3
     row = conn.execute("SELECT requests_available < 1 FROM llm_rate_limits WHERE model = %s",
                        (MODEL,)).fetchone()
     assert row == (True,)
@@ -280,6 +299,7 @@ async def test_a_429_pauses_the_model_for_another_attempt(
         return text("Done.")
 
     api.default = once_rate_limited
+    rate_limited = _metric("agent_runner_llm_rate_limited_total")
     task_a, task_b = _enqueue(conn), _enqueue(conn)
     running_a = asyncio.create_task(
         run_task_inline(pool, task_a, registry=_registry(), settings=settings))
@@ -299,6 +319,7 @@ async def test_a_429_pauses_the_model_for_another_attempt(
     assert await running_a is Outcome.COMPLETED
     requests = api.message_requests()
     assert len(requests) == 3
+    assert _metric("agent_runner_llm_rate_limited_total") == rate_limited + 1
     # B's only request waited out A's retry-after, though B never saw a 429.
     b_request = [r for r in requests[1:] if r.received_at >= began]
     assert b_request and min(r.received_at for r in b_request) - rate_limited_at >= 0.9
