@@ -360,3 +360,36 @@ async def test_a_day_budget_fits_some_of_ten_tasks_three_at_a_time(
     outcomes = await asyncio.gather(*(run(task) for task in deferred))
     assert outcomes == [Outcome.COMPLETED] * len(deferred)
     assert _spend(conn, agent_id)[1] == 10
+
+
+def test_token_buckets_refill_by_elapsed_time_and_honour_a_pause(conn: Conn) -> None:
+    def take(input_tokens: int, output_tokens: int = 0) -> float:
+        # 100 input tokens and 1,000 output tokens per 10 s window; requests unlimited
+        row = conn.execute("SELECT runner_llm_take_capacity('m', NULL, 100, 1000, %s, %s, 10)",
+                           (input_tokens, output_tokens)).fetchone()
+        assert row
+        return float(row[0])
+
+    assert take(80, 500) == 0
+    wait = take(80)  # 20 left: 60 more come in 6 s
+    assert 5.5 < wait <= 6.0
+    assert take(20) == 0  # nothing was taken by the refused call
+    # A call bigger than the bucket waits for a full bucket, not for ever.
+    assert 9.0 < take(10_000) <= 10.0
+    conn.execute("UPDATE llm_rate_limits SET paused_until = clock_timestamp() + "
+                 "interval '30 seconds' WHERE model = 'm'")
+    assert 29.0 < take(1) <= 30.0
+
+
+def test_learned_buckets_scale_to_the_window() -> None:
+    from runner.context import learned_bucket
+
+    headers = {"anthropic-ratelimit-input-tokens-limit": "6000",
+               "anthropic-ratelimit-input-tokens-remaining": "3000",
+               "anthropic-ratelimit-requests-limit": "not a number"}
+    per_minute = learned_bucket(headers, "input-tokens", 60)
+    assert (per_minute.limit, per_minute.remaining) == (6000, 3000)
+    bucket = learned_bucket(headers, "input-tokens", 1)
+    assert (bucket.limit, bucket.remaining) == (100, 50)
+    requests = learned_bucket(headers, "requests", 60)
+    assert (requests.limit, requests.remaining) == (None, None)
