@@ -9,6 +9,7 @@ stand-in on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -26,7 +27,7 @@ from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
 from tests.harness import run_task_inline, task_state, test_settings
-from tests.standins.anthropic_api import AnthropicStandIn, error, text, tool_use
+from tests.standins.anthropic_api import AnthropicStandIn, Reply, error, text, tool_use
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -185,6 +186,47 @@ async def test_retry_replays_journaled_turns_and_continues_live(
     assert {"step", "role", "content", "tool_name", "tool_input", "tool_output",
             "input_tokens", "output_tokens", "cost_usd", "duration_ms",
             "replayed"} <= set(document["transcript"][0])
+
+
+async def test_the_call_in_flight_when_an_attempt_dies_is_made_again_the_rest_replayed(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn, settings: Settings,
+) -> None:
+    """At least once: attempt 1 dies (its timeout) during its third model call; attempt 2
+    replays the first two turns and makes the third call again. Model calls in all: 4
+    (6 without the journal)."""
+    stream_id, task_id = _setup(conn)
+    conn.execute("UPDATE ai_agents SET timeout_seconds = 3 WHERE name = 'analyst'")
+    release = threading.Event()
+    answered = []
+
+    def third_call(body: dict[str, Any]) -> Reply:
+        if not answered:
+            answered.append(True)
+            release.wait(10)  # the attempt is gone long before: nobody reads this
+            return text("too late")
+        return text("ACME is hiring.")
+
+    api.default = third_call
+    api.enqueue(*_three_turns(stream_id)[:2])
+    tools = _CountingSaves()
+    try:
+        assert await run_task_inline(pool, task_id, registry=tools.registry,
+                                     settings=settings) is Outcome.TIMEOUT
+    finally:
+        release.set()
+    assert task_state(conn, task_id)[0] == "pending" and "timed out" in task_state(conn, task_id)[3]
+    assert [(a, i) for a, i, _ in _ledger(conn, task_id)] == [(1, 1), (1, 2)]
+
+    assert await run_task_inline(pool, task_id, registry=tools.registry,
+                                 settings=settings) is Outcome.COMPLETED
+    assert len(api.message_requests()) == 4
+    assert task_state(conn, task_id)[2]["text"] == "ACME is hiring."
+    assert [(a, i) for a, i, _ in _ledger(conn, task_id)] == [(1, 1), (1, 2), (2, 1)]
+    assert tools.runs == 1
+    assert [row[:5] for row in _transcript(conn, task_id) if row[0] == 2] == [
+        (2, 1, "assistant", None, True), (2, 1, "tool", "get_company", True),
+        (2, 2, "assistant", None, True), (2, 2, "tool", "save_insight", True),
+        (2, 3, "assistant", None, False)]
 
 
 async def test_a_changed_request_is_not_replayed(
