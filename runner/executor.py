@@ -16,8 +16,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -42,7 +42,6 @@ from runner.store import llm as llm_store
 
 logger = logging.getLogger("runner.executor")
 
-T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,7 +118,7 @@ class Executor:
         connection trouble is retried while the database is away (up to
         ``RUNNER_DB_OUTAGE_LIMIT``).
         """
-        claimed, cancelled = await self._shielded(sidetasks.retry_transient(
+        claimed, cancelled = await sidetasks.run_to_end(sidetasks.retry_transient(
             lambda: self._claim(task_id, job_id), "attempt_claim", self._db_policy))
         if claimed is None:
             logger.info("attempt_skipped", extra={"task_id": str(task_id), "job_id": job_id})
@@ -154,21 +153,6 @@ class Executor:
                 conn, task_id=task_id, job_id=job_id, daemon_id=self._daemon_id
             )
 
-    @staticmethod
-    async def _shielded(step: Awaitable[T]) -> tuple[T, bool]:
-        """Run ``step`` to its end even if we are cancelled meanwhile: a claim or a
-        finish is never abandoned half way. Returns its result and whether a
-        cancellation arrived meanwhile (consumed here; the caller decides)."""
-        task = asyncio.ensure_future(step)
-        try:
-            return await asyncio.shield(task), False
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None:
-                while current.uncancel():
-                    pass
-            return await task, True
-
     async def _run_and_record(
         self,
         attempt: store.StartedAttempt,
@@ -201,11 +185,11 @@ class Executor:
                 exc, self._retry_budget(attempt), timeout_seconds=attempt.agent.timeout_seconds)
         if context is not None:
             finish = finish.with_metrics(context.execution_metrics())
-            await self._shielded(self._close_context(context))
+            await sidetasks.run_to_end(self._close_context(context))
         # The finish also ends the delivery job (one transaction saved per attempt). A
         # cancellation that arrives while the end is being written is moot: the
         # attempt has ended, and its end (completed work included) is kept.
-        report, _ = await self._shielded(self._record(attempt, finish, commit_hook))
+        report, _ = await sidetasks.run_to_end(self._record(attempt, finish, commit_hook))
         return report
 
     @staticmethod

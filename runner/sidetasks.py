@@ -111,3 +111,18 @@ async def every(
             continue
         retrying.succeeded()
         await asyncio.sleep(interval)
+
+
+async def run_to_end(step: Awaitable[T]) -> tuple[T, bool]:
+    """Run ``step`` to its end even if we are cancelled meanwhile (a claim, a finish,
+    a delivery record is never abandoned half way). Returns its result and whether a
+    cancellation arrived meanwhile (consumed here; the caller decides what it means)."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task), False
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None:
+            while current.uncancel():
+                pass
+        return await task, True

@@ -47,7 +47,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 from uuid import UUID
 
 import httpx
@@ -88,7 +88,6 @@ __all__ = [
 
 logger = logging.getLogger("runner.webhooks")
 
-T = TypeVar("T")
 
 #: The events an endpoint may subscribe to (CONTRACT.md; sql/0010_webhooks.sql).
 EVENT_TYPES: Final = (
@@ -413,20 +412,6 @@ async def attempt_delivery(
 # -- one claimed attempt, end to end ----------------------------------------------------
 
 
-async def _shielded(step: Awaitable[T]) -> tuple[T, bool]:
-    """Run ``step`` to its end even if we are cancelled meanwhile (a record is never
-    abandoned half way); also says whether a cancellation arrived (consumed here)."""
-    task = asyncio.ensure_future(step)
-    try:
-        return await asyncio.shield(task), False
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None:
-            while current.uncancel():
-                pass
-        return await task, True
-
-
 async def _deliver(
     pool: AsyncConnectionPool,
     http: httpx.AsyncClient,
@@ -450,7 +435,8 @@ async def _deliver(
                 return await store.release(conn, delivery)
 
         try:
-            await _shielded(sidetasks.retry_transient(give_back, "webhook_release", policy))
+            await sidetasks.run_to_end(
+                sidetasks.retry_transient(give_back, "webhook_release", policy))
         except sidetasks.TRANSIENT_ERRORS:
             pass  # the lease's expiry brings it back
         metrics.webhook_delivery("interrupted")
@@ -467,7 +453,8 @@ async def _deliver(
 
     outcome: DeliveryOutcome
     try:
-        status, _ = await _shielded(sidetasks.retry_transient(record, "webhook_record", policy))
+        status, _ = await sidetasks.run_to_end(
+            sidetasks.retry_transient(record, "webhook_record", policy))
         outcome = _OUTCOME_OF_STATUS[status]
     except sidetasks.TRANSIENT_ERRORS as exc:
         outcome = "unrecorded"
