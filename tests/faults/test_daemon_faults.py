@@ -128,10 +128,11 @@ def test_the_seeds_update_to_pending_is_delivered(db_url: str, tmp_path: Path) -
         wait_for_daemons(db_url, 1)
         [failed] = query(db_url, "INSERT INTO ai_agents (name, agent_type) VALUES "
                                  "('flaky', 'noop') RETURNING id")
+        # No retries, set as it is enqueued (the daemon may claim it at once).
         task_id = str(query(
-            db_url, "SELECT enqueue_agent_task('flaky', '{\"fail_times\": 1}')")[0][0])
-        query(db_url, "UPDATE agent_tasks SET max_retries = 0 WHERE id = %s RETURNING 1",
-              (task_id,))
+            db_url, "INSERT INTO agent_tasks (agent_id, payload, priority, max_retries) "
+                    "SELECT id, '{\"fail_times\": 1}', 5, 0 FROM ai_agents "
+                    "WHERE name = 'flaky' RETURNING id")[0][0])
         wait_until(lambda: task_state_of(db_url, task_id) == "failed", timeout=30,
                    message="task failed")
         query(db_url, "UPDATE agent_tasks SET status = 'pending' WHERE id = %s RETURNING 1",
