@@ -73,7 +73,8 @@ def test_connections_terminated_every_two_seconds_lose_nothing(
     pg_server: ThrowawayPostgres, fault_db: tuple[str, str], tmp_path: Path,
 ) -> None:
     db_url, dbname = fault_db
-    enqueue_noops(db_url, 300, sleep=0.05)
+    # Long enough that the drops land while the work drains (8 slots: about 20 s).
+    enqueue_noops(db_url, 300, sleep=0.5)
     recoveries: list[float] = []
     with daemons(db_url, tmp_path, count=2, **RIDE_THROUGH_ENV) as started:
         wait_for_daemons(db_url, 2)
