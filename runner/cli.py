@@ -936,7 +936,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     with _connect(settings):  # the schema check, with its clear message
         pass
     report = asyncio.run(retention.prune_database(
-        database_url(settings), settings, dry_run=args.dry_run))
+        database_url(settings), settings, dry_run=args.dry_run, workers=args.workers))
     if not report.ran:
         raise CommandFailed("another prune is running (a daemon prunes every "
                             "RUNNER_PRUNE_INTERVAL seconds); nothing was removed")
@@ -1428,6 +1428,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(RUNNER_*RETENTION_DAYS)")
     p.add_argument("--dry-run", action="store_true",
                    help="report what would be removed, remove nothing")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="delete tasks on this many connections at once, to catch up on a "
+                        "large backlog (each keeps a database CPU busy; default 1)")
     _json_flag(p)
     p.set_defaults(handler=cmd_prune)
 

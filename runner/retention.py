@@ -8,15 +8,21 @@ skip their turn. The deletes are bounded batches in short transactions
 the pass early, and the next pass resumes where it stopped.
 
 A horizon of 0 days keeps that history forever.
+
+``agent-runner prune --workers N`` deletes tasks on N connections at once (batches never
+overlap: each takes its rows ``FOR UPDATE SKIP LOCKED``), to catch up on a large backlog
+faster at the price of N busy database backends; the daemons' pass uses one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 import psycopg
@@ -122,9 +128,12 @@ class PruneReport:
 _GAVE_UP: Final = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
 
 
-async def prune(conn: Conn, policy: RetentionPolicy, *, dry_run: bool = False) -> PruneReport:
+async def prune(
+    conn: Conn, policy: RetentionPolicy, *, dry_run: bool = False, helpers: Sequence[Conn] = ()
+) -> PruneReport:
     """One pass over every kind of history on ``conn`` (an autocommit connection). A
-    real pass must hold the prune lock (:func:`runner.store.retention.try_lock`)."""
+    real pass must hold the prune lock (:func:`runner.store.retention.try_lock`). Tasks
+    are deleted on ``conn`` and each of ``helpers`` at once."""
     started = time.monotonic()
     report = PruneReport(dry_run=dry_run)
     now = await store.now(conn)
@@ -133,7 +142,7 @@ async def prune(conn: Conn, policy: RetentionPolicy, *, dry_run: bool = False) -
     report.cutoffs["unreferenced_jobs"] = _cutoff(now, policy.job_days)
     report.cutoffs["llm_calls"] = _cutoff(now, policy.ledger_retention_days)
     try:
-        await _tasks(conn, policy, report)
+        await _tasks([conn, *helpers], policy, report)
         await _runs(conn, policy, report)
         await _orphan_jobs(conn, policy, report)
         await _ledger(conn, policy, report)
@@ -147,21 +156,37 @@ async def prune(conn: Conn, policy: RetentionPolicy, *, dry_run: bool = False) -
     return report
 
 
-async def _tasks(conn: Conn, policy: RetentionPolicy, report: PruneReport) -> None:
+async def _tasks(conns: Sequence[Conn], policy: RetentionPolicy, report: PruneReport) -> None:
     for status in _TASK_STATUSES:
         cutoff = report.cutoffs[f"{status}_tasks"]
         if cutoff is None:
             continue
         if report.dry_run:
-            _count_tasks(report, status, await store.count_tasks(conn, status=status,
+            _count_tasks(report, status, await store.count_tasks(conns[0], status=status,
                                                                  cutoff=cutoff))
             continue
-        while True:
-            batch = await store.delete_tasks(conn, status=status, cutoff=cutoff,
-                                             limit=policy.batch_size)
-            _count_tasks(report, status, batch)
-            if batch.tasks < policy.batch_size:
-                break
+        if len(conns) == 1:
+            await _delete_tasks(conns[0], status, cutoff, policy, report)
+            continue
+        # Each worker stops at its first short batch; the last one standing takes what the
+        # others' locked rows hid from it. The first error is raised once all have ended.
+        outcomes = await asyncio.gather(
+            *(_delete_tasks(conn, status, cutoff, policy, report) for conn in conns),
+            return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+
+async def _delete_tasks(
+    conn: Conn, status: str, cutoff: dt.datetime, policy: RetentionPolicy, report: PruneReport
+) -> None:
+    while True:
+        batch = await store.delete_tasks(conn, status=status, cutoff=cutoff,
+                                         limit=policy.batch_size)
+        _count_tasks(report, status, batch)
+        if batch.tasks < policy.batch_size:
+            return
 
 
 def _count_tasks(report: PruneReport, status: str, batch: store.TaskBatch) -> None:
@@ -223,7 +248,7 @@ async def _ledger(conn: Conn, policy: RetentionPolicy, report: PruneReport) -> N
 
 
 async def prune_locked(
-    conn: Conn, policy: RetentionPolicy, *, dry_run: bool = False
+    conn: Conn, policy: RetentionPolicy, *, dry_run: bool = False, helpers: Sequence[Conn] = ()
 ) -> PruneReport:
     """:func:`prune` under the prune lock; a report with ``ran=False`` when another
     session holds it. A dry run takes no lock: it changes nothing."""
@@ -232,7 +257,7 @@ async def prune_locked(
     if not await store.try_lock(conn):
         return PruneReport(dry_run=False, ran=False)
     try:
-        return await prune(conn, policy)
+        return await prune(conn, policy, helpers=helpers)
     finally:
         # A broken connection has lost its session, and the lock with it.
         with contextlib.suppress(psycopg.Error):
@@ -257,9 +282,13 @@ async def prune_once(pool: AsyncConnectionPool[Any], settings: Settings) -> Prun
 
 
 async def prune_database(
-    conninfo: str, settings: Settings, *, dry_run: bool = False
+    conninfo: str, settings: Settings, *, dry_run: bool = False, workers: int = 1
 ) -> PruneReport:
-    """``agent-runner prune``: one pass on a connection of its own."""
+    """``agent-runner prune``: one pass on connections of its own (``workers`` of them
+    delete tasks)."""
     policy = RetentionPolicy.from_settings(settings)
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        return await prune_locked(conn, policy, dry_run=dry_run)
+    async with contextlib.AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(
+                     await psycopg.AsyncConnection.connect(conninfo, autocommit=True))
+                 for _ in range(1 if dry_run else workers)]
+        return await prune_locked(conns[0], policy, dry_run=dry_run, helpers=conns[1:])

@@ -61,20 +61,21 @@ AND (t.workflow_run_id IS NULL OR NOT EXISTS (
 
 # One batch of tasks and everything that goes with them. The ids travel as arrays so
 # that every delete is an index lookup (a join against the CTE would be planned as a
-# scan of the whole table). Events are deleted by their foreign key's cascade from the
-# jobs; they are counted first (no one adds events to a finished job).
+# scan of the whole table). The tasks themselves are deleted by their row address: they
+# are locked by this statement, so it cannot change, and a primary-key lookup per task
+# (a random page of a large index) is saved. Events are deleted by their foreign key's
+# cascade from the jobs; they are counted first (no one adds events to a finished job).
 _DELETE_TASKS = f"""
 WITH doomed AS MATERIALIZED (
-    SELECT t.id, t.job_id, t.completed_at
+    SELECT t.ctid AS row_address, t.id, t.job_id, t.completed_at
     FROM agent_tasks t
     WHERE {_EXPIRED_TASK}
     ORDER BY t.completed_at
     LIMIT %(limit)s
     FOR UPDATE OF t SKIP LOCKED
 ), batch AS (
-    SELECT array_agg(id) AS task_ids,
-           array_agg(job_id) FILTER (WHERE job_id IS NOT NULL) AS job_ids,
-           max(completed_at) AS through
+    SELECT array_agg(id) AS task_ids, array_agg(row_address) AS row_addresses,
+           array_agg(job_id) FILTER (WHERE job_id IS NOT NULL) AS job_ids
     FROM doomed
 ), executions AS (
     DELETE FROM agent_executions e WHERE e.task_id = ANY ((SELECT task_ids FROM batch)::uuid[])
@@ -83,7 +84,7 @@ WITH doomed AS MATERIALIZED (
     DELETE FROM agent_task_logs l WHERE l.task_id = ANY ((SELECT task_ids FROM batch)::uuid[])
     RETURNING 1
 ), tasks AS (
-    DELETE FROM agent_tasks t WHERE t.id = ANY ((SELECT task_ids FROM batch)::uuid[])
+    DELETE FROM agent_tasks t WHERE t.ctid = ANY ((SELECT row_addresses FROM batch)::tid[])
     RETURNING 1
 ), job_ids AS (
     SELECT array_agg(DISTINCT id) AS ids FROM (

@@ -313,6 +313,19 @@ async def test_batches_leave_pending_and_processing_tasks_alone(
                         ).fetchall() == [("pending", 5), ("processing", 5)]
 
 
+async def test_workers_share_the_batches(pool: AsyncConnectionPool, conn: Conn) -> None:
+    conn.execute("INSERT INTO ai_agents (name, agent_type) VALUES ('x', 'noop')")
+    make_history(conn, agent="x", count=3000, status="completed", age="40 days")
+    recent = make_history(conn, agent="x", count=10, status="completed", age="1 day")
+    async with pool.connection() as c, pool.connection() as h1, pool.connection() as h2:
+        report = await prune_locked(c, _policy(batch_size=250), helpers=[h1, h2])
+    assert report.tasks["completed"] == report.removed["agent_tasks"] == 3000
+    assert report.removed["procrastinate_jobs"] == 3000
+    assert sorted(str(row[0]) for row in conn.execute("SELECT id FROM agent_tasks")) \
+        == sorted(recent)
+    stats_match_the_tables(conn)
+
+
 async def test_cancelled_tasks_and_unreferenced_jobs(pool: AsyncConnectionPool, conn: Conn) -> None:
     conn.execute("INSERT INTO ai_agents (name, agent_type) VALUES ('x', 'noop')")
     # Cancelled before they ran: cancel_agent_task unlinks and cancels their jobs.
