@@ -92,7 +92,7 @@ if "memory" in rows:
          r["verdict"])
 if "history" in rows:
     r = rows["history"]
-    line("history", f"{r['history']:,} vs {r['small']:,} tasks: claim p99, status, gauges",
+    line("history", f"{r['history'] / 1e6:g} M vs {r['small'] / 1e3:g} k tasks: claim, status, gauges",
          f"{max(r['claim_p99_ratio'], r['status_ratio'], r['gauges_ratio']):.2f}",
          "each ratio <= 1.2", "")
     line("prune", f"{r['prune_rate']:,} tasks/s; claim p99 x{r['prune_p99_ratio']:.2f}",
