@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import procrastinate
+import procrastinate.exceptions
 import psycopg
 from procrastinate import job_context
 from procrastinate.manager import JobManager
@@ -47,6 +48,8 @@ logger = logging.getLogger("runner.delivery")
 #: function ``runner_defer_attempt`` writes the same two names).
 QUEUE: Final = "agent_runner"
 TASK_NAME: Final = "agent_runner.attempt"
+#: Connection trouble as procrastinate reports it too (it wraps psycopg's errors).
+_TRANSIENT: Final = (*sidetasks.TRANSIENT_ERRORS, procrastinate.exceptions.ConnectorException)
 #: How much later than a retry's due time the worker is woken (clock slack).
 _WAKE_SLACK_SECONDS: Final = 0.005
 
@@ -85,7 +88,7 @@ class ClaimGate(JobManager):
             return None
         try:
             job = await super().fetch_job(queues=queues, worker_id=worker_id)
-        except sidetasks.TRANSIENT_ERRORS as exc:
+        except _TRANSIENT as exc:
             # The worker tries again at its next poll (or wake-up).
             self.fetch_failures += 1
             if self.fetch_failures == 1:
@@ -118,7 +121,7 @@ class ClaimGate(JobManager):
         # daemon's heartbeat is what the rescuer reads), dying of one is not.
         try:
             await super().update_heartbeat(worker_id=worker_id)
-        except sidetasks.TRANSIENT_ERRORS as exc:
+        except _TRANSIENT as exc:
             logger.debug("delivery_heartbeat_failed", extra={"error": str(exc)})
 
     async def listen_for_jobs(self, *, on_notification: Any,
@@ -130,7 +133,7 @@ class ClaimGate(JobManager):
         while True:
             try:
                 await super().listen_for_jobs(on_notification=on_notification, queues=queues)
-            except sidetasks.TRANSIENT_ERRORS as exc:
+            except _TRANSIENT as exc:
                 await retrying.failed(exc)
                 _wake(self.worker)
 
@@ -254,7 +257,7 @@ class Delivery:
             self.worker = self._new_worker()
             try:
                 await self.worker.run()  # type: ignore[no-untyped-call]  # unannotated upstream
-            except sidetasks.TRANSIENT_ERRORS as exc:
+            except _TRANSIENT as exc:
                 if self._stop_requested:
                     break
                 await retrying.failed(exc)
