@@ -523,6 +523,12 @@ def test_daemon_killed_mid_delivery_loses_no_event(
             assert len(expected) == 3
             wait_until(lambda: {r.webhook_id for r in receiver.delivered()} == expected,
                        timeout=90, message="every event delivered")
+            # The receiver has the last answer a moment before the daemon records it; a
+            # stop in between hands that attempt back (at least once: sent again later),
+            # so wait for the record before stopping the daemon.
+            wait_until(lambda: _count(conn, "SELECT count(*) FROM webhook_deliveries "
+                                            "WHERE status IN ('pending', 'delivering')") == 0,
+                       timeout=30, message="every delivery recorded")
             assert second.proc.poll() is None, second.log_text()
         for _webhook_id, requests in receiver.by_webhook_id().items():
             assert [r.answer for r in requests] == [503, "drop", 200]
