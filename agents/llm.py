@@ -362,6 +362,7 @@ class LLMSession:
                 self._ctx.observe_http_call(_SERVICE, "ok")
                 duration_ms = int((time.monotonic() - began) * 1000)
                 call = await self._record(message, model, duration_ms, request_id)
+                await self._return_unused_capacity(model, params, call)
                 # Journaled as soon as it is paid for: a crash before this line makes
                 # the call again in the next attempt (at least once, never lost).
                 await self._ctx.journal_model_turn(JournaledModelTurn(
@@ -414,18 +415,35 @@ class LLMSession:
         await self._ctx.wait_for_llm_capacity(
             model, _input_estimate(params), params["max_tokens"])
         messages = self._client.messages
+        sent = time.monotonic()
+
+        def age() -> float:  # the headers count remaining capacity as of the request
+            return time.monotonic() - sent
+
         try:
             if stream:
                 async with messages.stream(**params) as events:
                     final = await events.get_final_message()
-                    await self._ctx.learn_llm_limits(model, events.response.headers)
+                    await self._ctx.learn_llm_limits(
+                        model, events.response.headers, age_seconds=age())
                     return final, events.request_id
             raw = await messages.with_raw_response.create(**params)
-            await self._ctx.learn_llm_limits(model, raw.headers)
+            await self._ctx.learn_llm_limits(model, raw.headers, age_seconds=age())
             return await raw.parse(), raw.request_id
         except anthropic.APIStatusError as exc:
-            await self._ctx.learn_llm_limits(model, exc.response.headers)
+            await self._ctx.learn_llm_limits(model, exc.response.headers, age_seconds=age())
             raise
+
+    async def _return_unused_capacity(
+        self, model: str, params: Mapping[str, Any], call: LLMCallRecord
+    ) -> None:
+        """The limiter took the input estimate and all of ``max_tokens``; the API counts
+        what it reports (input written to or outside the cache -- cache reads do not count
+        against a per-minute input limit -- and the output written)."""
+        counted_input = call.input_tokens + call.cache_creation_input_tokens
+        await self._ctx.return_llm_capacity(
+            model, input_tokens=_input_estimate(params) - counted_input,
+            output_tokens=params["max_tokens"] - call.output_tokens)
 
     def _estimate(self, model: str, params: Mapping[str, Any]) -> LLMCallEstimate:
         """The most this call may cost: the input estimate plus all of ``max_tokens``."""

@@ -72,9 +72,11 @@ class AttemptContext:
         http: httpx.AsyncClient,
         parent_outputs: Mapping[str, Mapping[str, Any]],
         llm_limits: llm_store.Limits | None = None,
+        llm_replay: bool = True,
     ) -> None:
         self._pool = pool
         self._llm_limits = llm_limits or llm_store.Limits()
+        self._llm_replay = llm_replay
         self._attempt = attempt
         self._llm_calls = 0
         self._llm_steps = 0
@@ -138,6 +140,8 @@ class AttemptContext:
     async def journal_lookup(
         self, step: int, fingerprint: str, *, tool_use_id: str | None = None
     ) -> Mapping[str, Any] | None:
+        if not self._llm_replay:
+            return None  # RUNNER_LLM_REPLAY=off: every turn is made live
         async with self._pool.connection() as conn:
             return await journal.lookup_turn(
                 conn, task_id=self.task_id, kind="model" if tool_use_id is None else "tool",
@@ -226,6 +230,8 @@ class AttemptContext:
     async def wait_for_llm_capacity(
         self, model: str, input_tokens: int, max_tokens: int
     ) -> float:
+        if not self._llm_limits.enabled:
+            return 0.0
         began = time.monotonic()
         try:
             while True:
@@ -243,19 +249,33 @@ class AttemptContext:
 
     async def llm_rate_limited(self, model: str, retry_after: float | None) -> None:
         metrics.llm_rate_limited(model)
-        if retry_after is not None and retry_after > 0:
+        if self._llm_limits.enabled and retry_after is not None and retry_after > 0:
             async with self._pool.connection() as conn:
                 await llm_store.pause_model(conn, model=model, seconds=retry_after)
 
-    async def learn_llm_limits(self, model: str, headers: Mapping[str, str]) -> None:
-        buckets = [learned_bucket(headers, kind, self._llm_limits.window_seconds)
+    async def return_llm_capacity(
+        self, model: str, *, input_tokens: int, output_tokens: int
+    ) -> None:
+        if not self._llm_limits.enabled or (input_tokens <= 0 and output_tokens <= 0):
+            return
+        async with self._pool.connection() as conn:
+            await llm_store.return_capacity(
+                conn, model=model, limits=self._llm_limits,
+                input_tokens=max(0, input_tokens), output_tokens=max(0, output_tokens))
+
+    async def learn_llm_limits(
+        self, model: str, headers: Mapping[str, str], *, age_seconds: float = 0.0
+    ) -> None:
+        if not self._llm_limits.enabled:
+            return
+        buckets = [learned_bucket(headers, kind, self._llm_limits.window_seconds, age_seconds)
                    for kind in ("requests", "input-tokens", "output-tokens")]
         if all(b.limit is None and b.remaining is None for b in buckets):
             return
         async with self._pool.connection() as conn:
             await llm_store.learn_limits(
-                conn, model=model, requests=buckets[0], input_tokens=buckets[1],
-                output_tokens=buckets[2])
+                conn, model=model, limits=self._llm_limits, requests=buckets[0],
+                input_tokens=buckets[1], output_tokens=buckets[2])
 
     async def close(self) -> None:
         """The attempt is over: release whatever reservations it still holds (calls
@@ -270,10 +290,12 @@ _MAX_THROTTLE_SLEEP = 5.0
 
 
 def learned_bucket(
-    headers: Mapping[str, str], kind: str, window_seconds: float
+    headers: Mapping[str, str], kind: str, window_seconds: float, age_seconds: float = 0.0
 ) -> llm_store.LearnedBucket:
     """``anthropic-ratelimit-<kind>-limit`` / ``-remaining``, per minute in the API,
-    scaled to the limiter's window."""
+    scaled to the limiter's window. The API counts ``remaining`` when the request
+    arrived; ``age_seconds`` later (the response's time) its bucket has refilled by that
+    much at the limit's rate, and that is the level to compare with ours."""
     scale = window_seconds / 60.0
 
     def number(name: str) -> float | None:
@@ -285,6 +307,8 @@ def learned_bucket(
 
     limit = number("limit")
     remaining = number("remaining")
+    if limit is not None and remaining is not None and age_seconds > 0:
+        remaining = min(limit, remaining + limit * age_seconds / window_seconds)
     return llm_store.LearnedBucket(
         limit=limit * scale if limit is not None else None,
         remaining=remaining * scale if remaining is not None else None,

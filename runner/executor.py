@@ -81,6 +81,7 @@ class Executor:
         self._llm_limits = llm_store.Limits(
             requests=settings.llm_rpm, input_tokens=settings.llm_itpm,
             output_tokens=settings.llm_otpm, window_seconds=settings.llm_limit_window,
+            enabled=settings.llm_limiter,
         )
         #: the attempt tasks this executor runs, by task id
         self.running: dict[UUID, asyncio.Task[Any]] = {}
@@ -219,6 +220,7 @@ class Executor:
             http=self._http,
             parent_outputs=parents,
             llm_limits=self._llm_limits,
+            llm_replay=self._settings.llm_replay,
         )
 
     @staticmethod

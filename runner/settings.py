@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     llm_itpm: float | None = Field(default=None, gt=0, alias="RUNNER_LLM_ITPM")
     llm_otpm: float | None = Field(default=None, gt=0, alias="RUNNER_LLM_OTPM")
     llm_limit_window: float = Field(default=60.0, gt=0, le=3600, alias="RUNNER_LLM_LIMIT_WINDOW")
+    # Off: calls go out as soon as their budget allows (each still honours its own 429's
+    # retry-after); for a proxy that limits on its own, and the benchmark's baseline.
+    llm_limiter: bool = Field(default=True, alias="RUNNER_LLM_LIMITER")
+    # Off: a later attempt calls the model from its first turn again (the journal is still
+    # written, for the transcript); the benchmark's baseline.
+    llm_replay: bool = Field(default=True, alias="RUNNER_LLM_REPLAY")
 
     anthropic_api_key: SecretStr | None = Field(default=None, alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, alias="ANTHROPIC_BASE_URL")

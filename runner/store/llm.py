@@ -4,8 +4,8 @@
   ``max_cost_usd`` (``runner_llm_reserve``: budget rows locked ``FOR UPDATE``, so
   concurrent checks of any number of daemons are serialised);
 * :func:`release` -- a reservation's end (its ledger row is written, or the call failed);
-* :func:`take_capacity`, :func:`pause_model`, :func:`learn_limits` -- the per-model token
-  buckets every daemon shares;
+* :func:`take_capacity`, :func:`return_capacity`, :func:`pause_model`,
+  :func:`learn_limits` -- the per-model token buckets every daemon shares;
 * :data:`BUDGETS_WITH_SPEND` -- every budget with what counts against it (the CLI's
   ``budgets``; run by a sync connection).
 """
@@ -72,6 +72,8 @@ class Limits:
     output_tokens: float | None = None
     #: the buckets' window in seconds (60: "per minute"; tests shrink it)
     window_seconds: float = 60.0
+    #: False: nothing is taken, learned or paused (``RUNNER_LLM_LIMITER=off``)
+    enabled: bool = True
 
 
 async def take_capacity(
@@ -86,6 +88,28 @@ async def take_capacity(
     row = await cur.fetchone()
     assert row is not None
     return float(row[0])
+
+
+async def return_capacity(
+    conn: Conn, *, model: str, limits: Limits, input_tokens: float, output_tokens: float
+) -> None:
+    """Give back what a call took but did not use (its estimate against the usage the
+    API reported), never above a bucket's limit."""
+    await conn.execute(
+        """
+        UPDATE llm_rate_limits
+        SET input_tokens_available = least(
+                coalesce(%(il)s, input_tokens_limit, 'Infinity'::float8),
+                input_tokens_available + %(input)s),
+            output_tokens_available = least(
+                coalesce(%(ol)s, output_tokens_limit, 'Infinity'::float8),
+                output_tokens_available + %(output)s),
+            updated_at = now()
+        WHERE model = %(model)s
+        """,
+        {"model": model, "il": limits.input_tokens, "ol": limits.output_tokens,
+         "input": float(input_tokens), "output": float(output_tokens)},
+    )
 
 
 async def pause_model(conn: Conn, *, model: str, seconds: float) -> None:
@@ -112,11 +136,26 @@ class LearnedBucket:
 
 
 async def learn_limits(
+    conn: Conn, *, model: str, limits: Limits, requests: LearnedBucket,
+    input_tokens: LearnedBucket, output_tokens: LearnedBucket,
+) -> None:
+    """Store what the API said of its limits: a limit replaces the learned one, a
+    remaining count (the API's own view, as of now) caps the bucket's level. The buckets
+    are first refilled to now (a take of nothing), so the cap applies to today's level,
+    not to one as of the last take."""
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT runner_llm_refill(%s, %s, %s, %s, %s)",
+            (model, limits.requests, limits.input_tokens, limits.output_tokens,
+             limits.window_seconds))
+        await _learn(conn, model=model, requests=requests, input_tokens=input_tokens,
+                     output_tokens=output_tokens)
+
+
+async def _learn(
     conn: Conn, *, model: str, requests: LearnedBucket, input_tokens: LearnedBucket,
     output_tokens: LearnedBucket,
 ) -> None:
-    """Store what the API said of its limits: a limit replaces the learned one, a
-    remaining count (the API's own view) replaces the bucket's level as of now."""
     await conn.execute(
         """
         INSERT INTO llm_rate_limits AS r (

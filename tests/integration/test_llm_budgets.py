@@ -279,9 +279,11 @@ async def test_limits_are_learned_from_the_response_headers(
     task = _enqueue(conn)
     assert await run_task_inline(
         pool, task, registry=_registry(), settings=settings) is Outcome.COMPLETED
+    # remaining as counted at the request, refilled for the second or so since (at most
+    # 500 input tokens at 30,000 a minute).
     row = conn.execute(
         "SELECT requests_limit, input_tokens_limit, output_tokens_limit, "
-        "requests_available <= 49, input_tokens_available <= 29000 "
+        "requests_available < 49.9, input_tokens_available <= 29500 "
         "FROM llm_rate_limits WHERE model = %s", (MODEL,)).fetchone()
     assert row == (50, 30000, 8000, True, True)
 
@@ -393,3 +395,62 @@ def test_learned_buckets_scale_to_the_window() -> None:
     assert (bucket.limit, bucket.remaining) == (100, 50)
     requests = learned_bucket(headers, "requests", 60)
     assert (requests.limit, requests.remaining) == (None, None)
+
+
+def test_a_learned_remaining_count_is_refilled_by_its_age() -> None:
+    from runner.context import learned_bucket
+
+    headers = {"anthropic-ratelimit-input-tokens-limit": "6000",
+               "anthropic-ratelimit-input-tokens-remaining": "3000"}
+    # Counted when the request arrived, 15 s before the answer: 1,500 more by now.
+    assert learned_bucket(headers, "input-tokens", 60, age_seconds=15).remaining == 4500
+    assert learned_bucket(headers, "input-tokens", 60, age_seconds=600).remaining == 6000
+
+
+async def test_learning_refills_to_now_first_and_unused_capacity_comes_back(
+    conn: Conn, pool: AsyncConnectionPool
+) -> None:
+    from runner.store import llm as llm_store
+
+    limits = llm_store.Limits(input_tokens=600, window_seconds=60)  # 10 tokens a second
+    async with pool.connection() as aconn:
+        assert await llm_store.take_capacity(
+            aconn, model="m", limits=limits, input_tokens=500, output_tokens=0) == 0
+        # 100 left as of the take; 30 s later the bucket holds 400. The API says 450
+        # remain: the cap applies to today's 400, which it leaves alone.
+        conn.execute("UPDATE llm_rate_limits SET refilled_at = refilled_at - "
+                     "interval '30 seconds' WHERE model = 'm'")
+        await llm_store.learn_limits(
+            aconn, model="m", limits=limits, requests=llm_store.LearnedBucket(None, None),
+            input_tokens=llm_store.LearnedBucket(600, 450),
+            output_tokens=llm_store.LearnedBucket(None, None))
+        level = conn.execute("SELECT input_tokens_available FROM llm_rate_limits "
+                             "WHERE model = 'm'").fetchone()
+        assert level is not None and 399 < level[0] < 402
+        # Of a 500-token estimate, the API counted 200: 300 come back, never above 600.
+        await llm_store.return_capacity(aconn, model="m", limits=limits, input_tokens=300,
+                                        output_tokens=0)
+        level = conn.execute("SELECT input_tokens_available FROM llm_rate_limits "
+                             "WHERE model = 'm'").fetchone()
+        assert level == (600,)
+
+
+async def test_limiter_off_sends_at_once_and_pauses_nobody(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn
+) -> None:
+    settings = test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url,
+                             RUNNER_LLM_RPM=1, RUNNER_LLM_LIMIT_WINDOW=60,
+                             RUNNER_LLM_LIMITER="off")
+    _agent(conn)
+    api.enqueue(tool_use("get_company", {"company_number": "00000001"}),
+                error(429, "rate_limit_error", "slow down", retry_after="1"),
+                text("Done."))
+    task = _enqueue(conn)
+    began = time.monotonic()
+    assert await run_task_inline(
+        pool, task, registry=_registry(), settings=settings) is Outcome.COMPLETED
+    # One request a minute would hold the second call for a minute; off, only the
+    # 429's own second is waited.
+    assert time.monotonic() - began < 10
+    assert len(api.message_requests()) == 3
+    assert conn.execute("SELECT count(*) FROM llm_rate_limits").fetchone() == (0,)
