@@ -13,14 +13,28 @@ system blocks carry ``cache_control`` is billed that prefix as
 ``cache_read_input_tokens``. (Unlike the API, any prefix is cacheable, however short.)
 
 Every request is recorded (headers and JSON body) for assertions on what was sent.
+
+Rate limits (``rate_limit=RateLimit(...)``) are enforced as the API documents them: a
+token bucket per limit (requests, input tokens, output tokens per minute) whose capacity
+is the limit and which refills continuously; input tokens are counted when a request
+arrives (uncached input and cache writes; cache reads do not count), output tokens as
+``max_tokens`` then corrected to what was written. A request that does not fit gets a
+429 ``rate_limit_error`` with ``retry-after`` (whole seconds, rounded up), and every
+answer carries the ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,
+remaining,reset}`` headers. ``minute_seconds`` shortens the stand-in's minute so a
+benchmark can run many minutes' worth of traffic; the header values stay per real minute
+(the rate the same traffic would meet on the API), so a client's limiter must use the
+same shortened window to read them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import itertools
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -32,6 +46,7 @@ from tests.standins.server import QuietHandler, serve_in_background
 
 __all__ = [
     "AnthropicStandIn",
+    "RateLimit",
     "RecordedRequest",
     "Reply",
     "api_key_of",
@@ -110,13 +125,84 @@ class RecordedRequest:
 Responder = Reply | Callable[[dict[str, Any]], Reply]
 
 
+@dataclasses.dataclass(frozen=True)
+class RateLimit:
+    """The limits the stand-in enforces, per (stand-in) minute."""
+
+    input_tokens: float
+    requests: float = 100_000
+    output_tokens: float = 10_000_000
+    #: real seconds in the stand-in's minute (6: traffic runs ten times faster)
+    minute_seconds: float = 60.0
+
+
+class _Buckets:
+    """Token buckets for :class:`RateLimit` (the caller holds the stand-in's lock)."""
+
+    KINDS = ("requests", "input-tokens", "output-tokens")
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self.capacity = {"requests": limit.requests, "input-tokens": limit.input_tokens,
+                         "output-tokens": limit.output_tokens}
+        self.level = dict(self.capacity)
+        self.at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        elapsed, self.at = now - self.at, now
+        for kind, capacity in self.capacity.items():
+            self.level[kind] = min(
+                capacity, self.level[kind] + capacity * elapsed / self.limit.minute_seconds)
+
+    def take(self, needs: dict[str, float]) -> float:
+        """0 when taken; otherwise the seconds until it would fit (nothing taken)."""
+        self._refill()
+        wait = 0.0
+        for kind, need in needs.items():
+            need = min(need, self.capacity[kind])
+            if self.level[kind] < need:
+                wait = max(wait, (need - self.level[kind]) * self.limit.minute_seconds
+                           / self.capacity[kind])
+        if wait == 0.0:
+            for kind, need in needs.items():
+                self.level[kind] -= min(need, self.capacity[kind])
+        return wait
+
+    def give_back(self, kind: str, amount: float) -> None:
+        self._refill()
+        self.level[kind] = min(self.capacity[kind], self.level[kind] + max(0.0, amount))
+
+    def headers(self) -> dict[str, str]:
+        self._refill()
+        per_minute = 60.0 / self.limit.minute_seconds
+        now = dt.datetime.now(dt.UTC)
+        headers = {}
+        for kind, capacity in self.capacity.items():
+            full_in = (capacity - self.level[kind]) * self.limit.minute_seconds / capacity
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(int(capacity * per_minute))
+            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(
+                max(0, int(self.level[kind] * per_minute)))
+            headers[f"anthropic-ratelimit-{kind}-reset"] = (
+                now + dt.timedelta(seconds=full_in)).isoformat(timespec="seconds").replace(
+                    "+00:00", "Z")
+        return headers
+
+
 class AnthropicStandIn:
     """``with AnthropicStandIn() as api: ... api.url ...``"""
 
-    def __init__(self, *, latency: float = 0.0, default: Responder | None = None) -> None:
+    def __init__(
+        self, *, latency: float = 0.0, default: Responder | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
         #: Seconds every response waits before its first byte (a benchmark sets 0.3).
         self.latency = latency
         self.default = default
+        self._buckets = _Buckets(rate_limit) if rate_limit is not None else None
+        #: 429s sent for the rate limit; tokens counted against it (accepted requests)
+        self.rate_limited = 0
+        self.counted_input_tokens = 0
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -158,6 +244,44 @@ class AnthropicStandIn:
         if self.default is None:
             return None
         return self.default if isinstance(self.default, Reply) else self.default(body)
+
+    def _admit(self, body: dict[str, Any]) -> tuple[float, dict[str, str]]:
+        """Take the request's capacity: (0, headers) when admitted, otherwise (seconds
+        until it would fit, headers)."""
+        if self._buckets is None:
+            return 0.0, {}
+        counted = self._counted_input(body)
+        with self._lock:
+            wait = self._buckets.take({"requests": 1, "input-tokens": counted,
+                                       "output-tokens": float(body.get("max_tokens") or 0)})
+            if wait > 0:
+                self.rate_limited += 1
+            else:
+                self.counted_input_tokens += counted
+            return wait, self._buckets.headers()
+
+    def _written(self, body: dict[str, Any], usage: dict[str, int]) -> None:
+        """The output bucket took ``max_tokens``; give back what was not written."""
+        if self._buckets is not None:
+            with self._lock:
+                self._buckets.give_back("output-tokens", float(
+                    (body.get("max_tokens") or 0) - usage.get("output_tokens", 0)))
+
+    def _counted_input(self, body: dict[str, Any]) -> int:
+        """Input tokens a request counts against the input limit: all of it but a
+        prefix already cached (cache reads do not count)."""
+        tools = body.get("tools") or []
+        system = body.get("system") or []
+        system_blocks = system if isinstance(system, list) else []
+        prefix = json.dumps([tools, system], sort_keys=True)
+        counted = _tokens(json.dumps(body.get("messages", []), sort_keys=True))
+        if tools or system:
+            marked = any("cache_control" in block for block in [*tools, *system_blocks])
+            key = hashlib.sha256(prefix.encode()).hexdigest()
+            with self._lock:
+                cached = marked and key in self._cached_prefixes
+            counted += 0 if cached else _tokens(prefix)
+        return counted
 
     def _usage(self, body: dict[str, Any], reply: Reply) -> dict[str, int]:
         tools = body.get("tools") or []
@@ -224,8 +348,6 @@ class _Handler(QuietHandler):
             "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body,
             time.monotonic(),
         ))
-        if self.api.latency:
-            time.sleep(self.api.latency)
         if self.path.split("?")[0] != "/v1/messages":
             self._error(404, "not_found_error", f"Not found: {self.path}")
             return
@@ -236,6 +358,15 @@ class _Handler(QuietHandler):
         if problem:
             self._error(400, "invalid_request_error", problem)
             return
+        wait, limit_headers = self.api._admit(body)
+        if wait > 0:
+            self._error(429, "rate_limit_error",
+                        "This request would exceed the rate limit for your organization "
+                        "of input tokens per minute.",
+                        headers={**limit_headers, "retry-after": str(max(1, math.ceil(wait)))})
+            return
+        if self.api.latency:  # the model's time to answer, after the limits' check
+            time.sleep(self.api.latency)
         reply = self.api._next_reply(body)
         if reply is None:
             self._error(400, "invalid_request_error", "stand-in: no scripted reply left")
@@ -254,11 +385,12 @@ class _Handler(QuietHandler):
             "stop_sequence": None,
             "usage": self.api._usage(body, reply),
         }
+        self.api._written(body, message["usage"])
         if body.get("stream"):
-            self._stream(message, reply)
+            self._stream(message, reply, limit_headers)
         else:
             # A scripted reply's headers go with a success too (anthropic-ratelimit-*).
-            self._json(200, message, dict(reply.headers))
+            self._json(200, message, {**limit_headers, **dict(reply.headers)})
 
     def do_GET(self) -> None:
         self._error(404, "not_found_error", f"Not found: {self.path}")
@@ -285,8 +417,12 @@ class _Handler(QuietHandler):
             detail["details"] = {"error_code": error_code}
         self._json(status, {"type": "error", "error": detail, "request_id": None}, headers)
 
-    def _stream(self, message: dict[str, Any], reply: Reply) -> None:
+    def _stream(
+        self, message: dict[str, Any], reply: Reply, headers: dict[str, str]
+    ) -> None:
         self.send_response(200)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
         self.send_header("request-id", self.api._request_id())
