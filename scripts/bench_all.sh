@@ -20,6 +20,7 @@ throughput_args=(--tasks 2000 --rounds 3)
 latency_args=(--samples 300)
 pipeline_args=(--tasks 60 --concurrency 6 --repeats 3)
 memory_args=(--tasks 1000)
+llm_governance_args=()
 # 10 M tasks of history take about 15-25 minutes to load on the 2-core machine.
 history_args=()
 if [[ "${1:-}" == "--quick" ]]; then
@@ -27,6 +28,7 @@ if [[ "${1:-}" == "--quick" ]]; then
     latency_args=(--samples 50)
     pipeline_args=(--tasks 12 --concurrency 6 --repeats 1)
     memory_args=(--tasks 100)
+    llm_governance_args=(--tasks 20 --minute-seconds 3)
     history_args=(--history 1000000 --samples 60)
 fi
 
@@ -54,6 +56,7 @@ run throughput "${throughput_args[@]}"
 run latency "${latency_args[@]}"
 run pipeline "${pipeline_args[@]}"
 run memory "${memory_args[@]}"
+run llm_governance "${llm_governance_args[@]}"
 BENCH_TIMEOUT=3600 run history "${history_args[@]}"
 
 "$python" - "$results" <<'EOF'
@@ -90,6 +93,15 @@ if "memory" in rows:
               else f"did not reach {r['tasks']} in flight: {r.get('reached')}")
     line("memory", figure, f"{r['ratio']:.3f}" if "ratio" in r else "-", "< 300 MB",
          r["verdict"])
+if "llm_governance" in rows:
+    r = rows["llm_governance"]
+    line("llm limiter", f"429s {r['limiter_429s']} (off: {r['baseline_429s']}), makespan "
+         f"{r['limiter_makespan_s']} s (off: {r['baseline_makespan_s']} s)",
+         f"{r['limiter_makespan_ratio']:.3f}", "429s <= 2, <= 1.15 x ideal",
+         r["limiter_verdict"])
+    line("llm turns", f"{r['journal_model_calls']} model calls (no journal: "
+         f"{r['baseline_model_calls']})", f"{r['calls_ratio']:.3f}", "4 calls (ratio 0.667)",
+         r["turns_verdict"])
 if "history" in rows:
     r = rows["history"]
     line("history", f"{r['history'] / 1e6:g} M vs {r['small'] / 1e3:g} k tasks: claim, status, gauges",
