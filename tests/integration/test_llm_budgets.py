@@ -218,6 +218,12 @@ async def test_max_cost_usd_fails_the_task_for_good_mid_loop(
     metrics = conn.execute("SELECT metrics FROM agent_executions WHERE task_id = %s",
                            (task,)).fetchone()
     assert metrics and metrics[0]["llm_calls"] == row[1]
+    # Its partial transcript stays: every paid turn and the tool results between them.
+    transcript = conn.execute(
+        "SELECT role, tool_name, cost_usd > 0 FROM llm_transcript WHERE task_id = %s "
+        "ORDER BY step, created_at", (task,)).fetchall()
+    assert [r for r in transcript if r[0] == "assistant"] == [("assistant", None, True)] * row[1]
+    assert ("tool", "get_company", False) in transcript
 
 
 def test_budgets_command_shows_each_budget_with_its_spend(
