@@ -77,6 +77,9 @@ class AttemptContext:
         self._pool = pool
         self._llm_limits = llm_limits or llm_store.Limits()
         self._llm_replay = llm_replay
+        #: set before the first reservation is asked for (it may commit even if its
+        #: answer is lost): only then has :meth:`close` anything to release
+        self._may_hold_reservations = False
         self._attempt = attempt
         self._llm_calls = 0
         self._llm_steps = 0
@@ -203,6 +206,7 @@ class AttemptContext:
 
     async def reserve_llm_call(self, estimate: LLMCallEstimate) -> LLMReservation:
         agent = self._attempt.agent
+        self._may_hold_reservations = True
         async with self._pool.connection() as conn:
             result = await llm_store.reserve(
                 conn, org_id=agent.org_id, agent_id=agent.id, task_id=self.task_id,
@@ -280,6 +284,8 @@ class AttemptContext:
     async def close(self) -> None:
         """The attempt is over: release whatever reservations it still holds (calls
         that failed, or were cancelled, before their ledger row)."""
+        if not self._may_hold_reservations:
+            return  # no model call was reserved: nothing to release, no round trip
         async with self._pool.connection() as conn:
             await llm_store.release_execution(conn, self.execution_id)
 

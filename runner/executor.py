@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -211,8 +211,10 @@ class Executor:
         return agent, self._registry.validate(attempt.agent.agent_type, attempt.payload)
 
     async def _context(self, attempt: store.StartedAttempt) -> AttemptContext:
-        async with self._pool.connection() as conn:
-            parents = await store.parent_outputs(conn, attempt.parent_task_ids)
+        parents: Mapping[str, Mapping[str, Any]] = {}
+        if attempt.parent_task_ids:  # a workflow step: its parents' outputs
+            async with self._pool.connection() as conn:
+                parents = await store.parent_outputs(conn, attempt.parent_task_ids)
         return AttemptContext(
             pool=self._pool,
             attempt=attempt,
