@@ -119,6 +119,7 @@ TOKEN_KINDS: Final[tuple[str, ...]] = get_args(TokenKind)
 PRUNED_TABLES: Final = (
     "agent_tasks", "agent_executions", "agent_task_logs", "procrastinate_jobs",
     "procrastinate_events", "workflow_runs", "workflow_run_steps", "llm_calls",
+    "webhook_events", "webhook_deliveries",
 )
 
 #: Outcomes of one webhook delivery attempt (runner.webhooks.DeliveryOutcome).

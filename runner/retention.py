@@ -141,11 +141,14 @@ async def prune(
         report.cutoffs[f"{status}_tasks"] = _cutoff(now, policy.days_for(status))
     report.cutoffs["unreferenced_jobs"] = _cutoff(now, policy.job_days)
     report.cutoffs["llm_calls"] = _cutoff(now, policy.ledger_retention_days)
+    # Webhook events and their delivery attempts live as long as completed tasks.
+    report.cutoffs["webhook_events"] = _cutoff(now, policy.days_for("completed"))
     try:
         await _tasks([conn, *helpers], policy, report)
         await _runs(conn, policy, report)
         await _orphan_jobs(conn, policy, report)
         await _ledger(conn, policy, report)
+        await _webhook_events(conn, policy, report)
     except _GAVE_UP as exc:
         report.complete = False
         logger.warning("prune_interrupted", extra={"error": str(exc).strip(),
@@ -244,6 +247,22 @@ async def _ledger(conn: Conn, policy: RetentionPolicy, report: PruneReport) -> N
         deleted = await store.delete_ledger(conn, cutoff=cutoff, limit=policy.batch_size)
         report._add(llm_calls=deleted)
         if deleted < policy.batch_size:
+            return
+
+
+async def _webhook_events(conn: Conn, policy: RetentionPolicy, report: PruneReport) -> None:
+    cutoff = report.cutoffs["webhook_events"]
+    if cutoff is None:
+        return
+    if report.dry_run:
+        events, deliveries = await store.count_webhook_events(conn, cutoff=cutoff)
+        report._add(webhook_events=events, webhook_deliveries=deliveries)
+        return
+    while True:
+        events, deliveries = await store.delete_webhook_events(
+            conn, cutoff=cutoff, limit=policy.batch_size)
+        report._add(webhook_events=events, webhook_deliveries=deliveries)
+        if events < policy.batch_size:
             return
 
 

@@ -210,6 +210,38 @@ DELETE FROM llm_calls WHERE id IN (
 
 _COUNT_LEDGER = "SELECT count(*) FROM llm_calls WHERE created_at < %(cutoff)s"
 
+#: Webhook events older than the cutoff with no delivery still open (pending, or being
+#: attempted), with all their delivery attempts. Oldest first, skipping rows another
+#: transaction holds (an attempt being recorded).
+_WEBHOOK_EVENTS_DUE = """
+    SELECT e.id FROM webhook_events e
+    WHERE e.created_at < %(cutoff)s
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                      WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering'))
+    ORDER BY e.created_at
+"""
+
+_DELETE_WEBHOOK_EVENTS = f"""
+WITH doomed AS (
+    {_WEBHOOK_EVENTS_DUE}
+    LIMIT %(limit)s
+    FOR UPDATE OF e SKIP LOCKED
+), deliveries AS (
+    DELETE FROM webhook_deliveries d USING doomed WHERE d.event_id = doomed.id
+    RETURNING 1
+), events AS (
+    DELETE FROM webhook_events e USING doomed WHERE e.id = doomed.id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM deliveries)
+"""
+
+_COUNT_WEBHOOK_EVENTS = f"""
+WITH due AS ({_WEBHOOK_EVENTS_DUE})
+SELECT (SELECT count(*) FROM due),
+       (SELECT count(*) FROM webhook_deliveries d JOIN due ON d.event_id = due.id)
+"""
+
 
 # -- batches -----------------------------------------------------------------------------
 
@@ -332,6 +364,19 @@ async def delete_ledger(conn: Conn, *, cutoff: dt.datetime, limit: int) -> int:
 async def count_ledger(conn: Conn, *, cutoff: dt.datetime) -> int:
     row = await _one_row(conn, _COUNT_LEDGER, {"cutoff": cutoff})
     return int(row[0])
+
+
+async def delete_webhook_events(
+    conn: Conn, *, cutoff: dt.datetime, limit: int
+) -> tuple[int, int]:
+    """(events, deliveries) deleted: one batch of :data:`_WEBHOOK_EVENTS_DUE`."""
+    row = await _one_row(conn, _DELETE_WEBHOOK_EVENTS, {"cutoff": cutoff, "limit": limit})
+    return int(row[0]), int(row[1])
+
+
+async def count_webhook_events(conn: Conn, *, cutoff: dt.datetime) -> tuple[int, int]:
+    row = await _one_row(conn, _COUNT_WEBHOOK_EVENTS, {"cutoff": cutoff})
+    return int(row[0]), int(row[1])
 
 
 async def finish(conn: Conn) -> None:

@@ -397,6 +397,38 @@ async def test_the_ledger_is_kept_unless_its_retention_is_set(
     assert conn.execute("SELECT count(*) FROM llm_calls").fetchone() == (5,)
 
 
+async def test_old_webhook_events_go_with_their_attempts_unless_one_is_still_open(
+    pool: AsyncConnectionPool, conn: Conn
+) -> None:
+    [(endpoint,)] = conn.execute(
+        "INSERT INTO webhook_endpoints (url, events, allow_private) "
+        "VALUES ('http://127.0.0.1:9/hook', '{task.completed}', true) RETURNING id").fetchall()
+    # Three 40-day-old events (one delivered on its second attempt, one given up, one
+    # still being retried) and one from today.
+    conn.execute("""
+        INSERT INTO webhook_events (org_id, event_type, payload, created_at)
+        SELECT runner_default_org_id(), 'task.completed', jsonb_build_object('n', n),
+               now() - make_interval(days => CASE WHEN n = 4 THEN 0 ELSE 40 END)
+        FROM generate_series(1, 4) n""")
+    conn.execute("""
+        INSERT INTO webhook_deliveries (event_id, endpoint_id, event_type, webhook_id,
+                                        attempt, status)
+        SELECT e.id, %s, e.event_type, e.webhook_id, a.attempt, a.status
+        FROM webhook_events e
+        JOIN (VALUES (1, 1, 'failed'), (1, 2, 'succeeded'), (2, 1, 'gave_up'),
+                     (3, 1, 'failed'), (3, 2, 'pending'), (4, 1, 'succeeded'))
+             AS a (n, attempt, status) ON (e.payload ->> 'n')::int = a.n""", (endpoint,))
+    async with pool.connection() as c:
+        dry = await prune(c, _policy(retention_days=30), dry_run=True)
+        report = await prune_locked(c, _policy(retention_days=30))
+    assert (report.removed["webhook_events"], report.removed["webhook_deliveries"]) == (2, 3)
+    assert (dry.removed["webhook_events"], dry.removed["webhook_deliveries"]) == (2, 3)
+    left = conn.execute("SELECT (e.payload ->> 'n')::int, count(d.id) FROM webhook_events e "
+                        "LEFT JOIN webhook_deliveries d ON d.event_id = e.id "
+                        "GROUP BY 1 ORDER BY 1").fetchall()
+    assert left == [(3, 2), (4, 1)]
+
+
 async def test_zero_days_keeps_everything(pool: AsyncConnectionPool, conn: Conn) -> None:
     conn.execute("INSERT INTO ai_agents (name, agent_type) VALUES ('x', 'noop')")
     make_history(conn, agent="x", count=10, status="completed", age="400 days")
