@@ -5,7 +5,8 @@ LISTEN/NOTIFY with polling as the fallback, and relays abort requests. One job c
 one attempt of one task (see ``sql/0001_core.sql``, ``runner_defer_attempt``); the truth
 about tasks lives in our tables, so this module only adapts the engine:
 
-* the claim gate: while claiming is paused the worker finds no job;
+* the claim gate: while claiming is paused the worker finds no job; when several
+  slots are free at once, one round trip fetches a job for each of them;
 * the finished-by-attempt bookkeeping: an attempt's own finish statement already
   marked its job succeeded (one commit saved per attempt), so the engine's finish is
   skipped for it;
@@ -23,6 +24,7 @@ files only).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import uuid
@@ -32,7 +34,7 @@ from typing import Any, Final
 import procrastinate
 import procrastinate.exceptions
 import psycopg
-from procrastinate import job_context
+from procrastinate import job_context, jobs
 from procrastinate.manager import JobManager
 from procrastinate.worker import Worker
 from psycopg_pool import AsyncConnectionPool
@@ -41,6 +43,7 @@ from runner import sidetasks
 from runner.executor import AttemptReport, Executor
 from runner.outcomes import StopReason
 from runner.settings import Settings
+from runner.store import attempts as attempt_store
 
 logger = logging.getLogger("runner.delivery")
 
@@ -73,21 +76,40 @@ class ClaimGate(JobManager):
     worker still fill the daemon's slots (``busy``).
     """
 
-    def __init__(self, connector: Any, *, busy: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, connector: Any, *, busy: Callable[[], bool] = lambda: False,
+        free_slots: Callable[[], int] = lambda: 1,
+    ) -> None:
         super().__init__(connector)
         self.paused = False
         self._busy = busy
+        self._free_slots = free_slots
+        #: Jobs fetched with another in one round trip, for the worker's next fetches
+        #: (it asks once per free slot, at once); handed back if it stops first.
+        self._fetched: collections.deque[jobs.Job] = collections.deque()
         #: Jobs whose attempt already marked them succeeded in its own finish.
         self.finished_by_attempt: set[int] = set()
         #: The worker this gate serves (its id is renewed if another daemon pruned it).
         self.worker: Worker | None = None
         self.fetch_failures = 0
 
+    def _slots_to_fill(self) -> int:
+        """The slot this fetch is for, and the others free right now: those the
+        worker's semaphore (an internal of the pinned procrastinate) has left, as far
+        as the daemon's own count of attempts in flight agrees."""
+        semaphore = getattr(self.worker, "_job_semaphore", None)
+        others = semaphore._value if isinstance(semaphore, asyncio.Semaphore) else 0
+        return max(1, min(1 + others, self._free_slots()))
+
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Any:
+        if self._fetched:
+            return self._fetched.popleft()
         if self.paused or self._busy():
             return None
         try:
-            job = await super().fetch_job(queues=queues, worker_id=worker_id)
+            rows = await self.connector.execute_query_all_async(
+                query=attempt_store.FETCH_JOBS, queues=queues, worker_id=worker_id,
+                count=self._slots_to_fill())
         except _TRANSIENT as exc:
             # The worker tries again at its next poll (or wake-up).
             self.fetch_failures += 1
@@ -105,7 +127,24 @@ class ClaimGate(JobManager):
         if self.fetch_failures:
             logger.info("delivery_fetch_recovered", extra={"failures": self.fetch_failures})
             self.fetch_failures = 0
-        return job
+        if not rows:
+            return None
+        self._fetched.extend(jobs.Job.from_row(row) for row in rows[1:])
+        return jobs.Job.from_row(rows[0])
+
+    async def hand_back_fetched(self) -> None:
+        """Jobs fetched for slots the worker never filled (it stopped first) go back to
+        the queue now, not when they are found stalled."""
+        while self._fetched:
+            job = self._fetched[0]
+            try:
+                await self.retry_job(job)
+            except _TRANSIENT as exc:
+                # The reconciler re-queues a pending task whose job is stuck.
+                logger.warning("delivery_hand_back_failed",
+                               extra={"job_id": job.id, "error": str(exc)})
+                return
+            self._fetched.popleft()
 
     async def finish_job(self, job: Any, status: Any, delete_job: bool) -> None:
         # procrastinate's finish would fail on a job that is no longer 'doing'.
@@ -164,7 +203,8 @@ class Delivery:
         self._stop_requested = False
         self.app = procrastinate.App(connector=procrastinate.PsycopgConnector())
         self.gate = ClaimGate(
-            self.app.connector, busy=lambda: executor.in_flight >= settings.concurrency)
+            self.app.connector, busy=lambda: executor.in_flight >= settings.concurrency,
+            free_slots=lambda: settings.concurrency - executor.in_flight)
         self.app.job_manager = self.gate
         self.worker: Worker | None = None
         #: attempts that outlived the worker that started them
@@ -258,11 +298,13 @@ class Delivery:
             try:
                 await self.worker.run()  # type: ignore[no-untyped-call]  # unannotated upstream
             except _TRANSIENT as exc:
+                await self.gate.hand_back_fetched()
                 if self._stop_requested:
                     break
                 await retrying.failed(exc)
                 self.restarts += 1
                 continue
+            await self.gate.hand_back_fetched()
             if self._stop_requested:
                 break
             self.restarts += 1

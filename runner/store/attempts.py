@@ -41,6 +41,19 @@ class StartedAttempt:
     parent_task_ids: tuple[UUID, ...]
 
 
+#: Up to ``%(count)s`` attempt jobs of the delivery engine in one round trip: its own
+#: fetch function (``SKIP LOCKED``, priorities, locks) called once per row -- each call
+#: depends on its row, so it is evaluated again and sees the jobs the earlier calls took.
+#: Run through procrastinate's connector by :class:`runner.delivery.ClaimGate`.
+FETCH_JOBS = """
+SELECT j.id, j.status, j.task_name, j.priority, j.lock, j.queueing_lock, j.args,
+       j.scheduled_at, j.queue_name, j.attempts, j.worker_id
+FROM generate_series(1, %(count)s) AS n,
+     LATERAL procrastinate_fetch_job_v2(
+         CASE WHEN n > 0 THEN %(queues)s::varchar[] END, %(worker_id)s) AS j
+WHERE j.id IS NOT NULL
+"""
+
 _START_ATTEMPT = """
 WITH task AS (
     SELECT t.id, t.agent_id, t.org_id, t.payload, t.priority, t.retry_count, t.max_retries,
