@@ -362,7 +362,6 @@ class LLMSession:
                 self._ctx.observe_http_call(_SERVICE, "ok")
                 duration_ms = int((time.monotonic() - began) * 1000)
                 call = await self._record(message, model, duration_ms, request_id)
-                await self._return_unused_capacity(model, params, call)
                 # Journaled as soon as it is paid for: a crash before this line makes
                 # the call again in the next attempt (at least once, never lost).
                 await self._ctx.journal_model_turn(JournaledModelTurn(
@@ -412,38 +411,38 @@ class LLMSession:
 
         model = params["model"]
         # The limiter every daemon shares: wait for room instead of meeting a 429.
-        await self._ctx.wait_for_llm_capacity(
-            model, _input_estimate(params), params["max_tokens"])
+        taken_input = _input_estimate(params)
+        await self._ctx.wait_for_llm_capacity(model, taken_input, params["max_tokens"])
         messages = self._client.messages
         sent = time.monotonic()
 
-        def age() -> float:  # the headers count remaining capacity as of the request
-            return time.monotonic() - sent
+        async def learn(headers: Mapping[str, str], message: Message | None) -> None:
+            # The headers count remaining capacity as of the request; what the limiter
+            # took beyond the usage the API counts goes back (input written to or
+            # outside the cache: cache reads do not count against an input limit).
+            unused_input = unused_output = 0
+            if message is not None:
+                usage = message.usage
+                unused_input = taken_input - usage.input_tokens - (
+                    usage.cache_creation_input_tokens or 0)
+                unused_output = params["max_tokens"] - usage.output_tokens
+            await self._ctx.learn_llm_limits(
+                model, headers, age_seconds=time.monotonic() - sent,
+                unused_input_tokens=unused_input, unused_output_tokens=unused_output)
 
         try:
             if stream:
                 async with messages.stream(**params) as events:
                     final = await events.get_final_message()
-                    await self._ctx.learn_llm_limits(
-                        model, events.response.headers, age_seconds=age())
+                    await learn(events.response.headers, final)
                     return final, events.request_id
             raw = await messages.with_raw_response.create(**params)
-            await self._ctx.learn_llm_limits(model, raw.headers, age_seconds=age())
-            return await raw.parse(), raw.request_id
+            message = await raw.parse()
+            await learn(raw.headers, message)
+            return message, raw.request_id
         except anthropic.APIStatusError as exc:
-            await self._ctx.learn_llm_limits(model, exc.response.headers, age_seconds=age())
+            await learn(exc.response.headers, None)
             raise
-
-    async def _return_unused_capacity(
-        self, model: str, params: Mapping[str, Any], call: LLMCallRecord
-    ) -> None:
-        """The limiter took the input estimate and all of ``max_tokens``; the API counts
-        what it reports (input written to or outside the cache -- cache reads do not count
-        against a per-minute input limit -- and the output written)."""
-        counted_input = call.input_tokens + call.cache_creation_input_tokens
-        await self._ctx.return_llm_capacity(
-            model, input_tokens=_input_estimate(params) - counted_input,
-            output_tokens=params["max_tokens"] - call.output_tokens)
 
     def _estimate(self, model: str, params: Mapping[str, Any]) -> LLMCallEstimate:
         """The most this call may cost: the input estimate plus all of ``max_tokens``."""

@@ -260,9 +260,9 @@ class AgentContext(Protocol):
 
     # LLM governance (CONTRACT.md "LLM budgets and limits"). A model call goes:
     # reserve_llm_call -> wait_for_llm_capacity -> send -> learn_llm_limits (every
-    # response, a 429's too) / llm_rate_limited (a 429) -> record_llm_call ->
-    # return_llm_capacity (what the estimate over-took) -> settle_llm_call.
-    # agents.llm.LLMSession does this for every call.
+    # response, a 429's too, with what the call did not use) / llm_rate_limited (a 429)
+    # -> record_llm_call -> settle_llm_call. agents.llm.LLMSession does this for every
+    # call.
 
     async def reserve_llm_call(self, estimate: LLMCallEstimate) -> LLMReservation:
         """Hold ``estimate`` against every active budget of this agent and organization
@@ -285,25 +285,19 @@ class AgentContext(Protocol):
         seconds waited; cancellable."""
         ...
 
-    async def return_llm_capacity(
-        self, model: str, *, input_tokens: int, output_tokens: int
-    ) -> None:
-        """A call used less than :meth:`wait_for_llm_capacity` took for it (an estimate
-        against the usage the API reported): give the difference back to the shared
-        buckets."""
-        ...
-
     async def llm_rate_limited(self, model: str, retry_after: float | None) -> None:
         """A 429 arrived: pause ``model`` for every daemon for ``retry_after`` seconds."""
         ...
 
     async def learn_llm_limits(
-        self, model: str, headers: Mapping[str, str], *, age_seconds: float = 0.0
+        self, model: str, headers: Mapping[str, str], *, age_seconds: float = 0.0,
+        unused_input_tokens: int = 0, unused_output_tokens: int = 0,
     ) -> None:
         """Learn the model's limits and remaining capacity from a response's
         ``anthropic-ratelimit-*`` headers (limits set in the settings win);
         ``age_seconds``: since the request was sent (when the API counted
-        ``remaining``)."""
+        ``remaining``). ``unused_*``: what :meth:`wait_for_llm_capacity` took for the
+        call beyond the usage the API reported, given back to the shared buckets."""
         ...
 
 

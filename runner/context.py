@@ -77,9 +77,9 @@ class AttemptContext:
         self._pool = pool
         self._llm_limits = llm_limits or llm_store.Limits()
         self._llm_replay = llm_replay
-        #: set before the first reservation is asked for (it may commit even if its
+        #: reservations asked for and not yet settled (one may commit even if its
         #: answer is lost): only then has :meth:`close` anything to release
-        self._may_hold_reservations = False
+        self._unsettled_reservations = 0
         self._attempt = attempt
         self._llm_calls = 0
         self._llm_steps = 0
@@ -143,8 +143,10 @@ class AttemptContext:
     async def journal_lookup(
         self, step: int, fingerprint: str, *, tool_use_id: str | None = None
     ) -> Mapping[str, Any] | None:
-        if not self._llm_replay:
-            return None  # RUNNER_LLM_REPLAY=off: every turn is made live
+        if not self._llm_replay or self.attempt == 1:
+            # Off (RUNNER_LLM_REPLAY=off), or the task's first attempt: no earlier
+            # attempt journaled anything (no round trip).
+            return None
         async with self._pool.connection() as conn:
             return await journal.lookup_turn(
                 conn, task_id=self.task_id, kind="model" if tool_use_id is None else "tool",
@@ -206,7 +208,7 @@ class AttemptContext:
 
     async def reserve_llm_call(self, estimate: LLMCallEstimate) -> LLMReservation:
         agent = self._attempt.agent
-        self._may_hold_reservations = True
+        self._unsettled_reservations += 1
         async with self._pool.connection() as conn:
             result = await llm_store.reserve(
                 conn, org_id=agent.org_id, agent_id=agent.id, task_id=self.task_id,
@@ -218,6 +220,7 @@ class AttemptContext:
             )
         if result.reservation_id is not None:
             return LLMReservation(id=result.reservation_id, estimate=estimate)
+        self._unsettled_reservations -= 1  # refused: nothing was reserved
         message = result.message or "LLM call refused"
         if result.blocked == "budget":
             assert result.resume_at is not None
@@ -230,6 +233,7 @@ class AttemptContext:
     async def settle_llm_call(self, reservation: LLMReservation) -> None:
         async with self._pool.connection() as conn:
             await llm_store.release(conn, [reservation.id])
+        self._unsettled_reservations -= 1
 
     async def wait_for_llm_capacity(
         self, model: str, input_tokens: int, max_tokens: int
@@ -257,25 +261,20 @@ class AttemptContext:
             async with self._pool.connection() as conn:
                 await llm_store.pause_model(conn, model=model, seconds=retry_after)
 
-    async def return_llm_capacity(
-        self, model: str, *, input_tokens: int, output_tokens: int
-    ) -> None:
-        if not self._llm_limits.enabled or (input_tokens <= 0 and output_tokens <= 0):
-            return
-        async with self._pool.connection() as conn:
-            await llm_store.return_capacity(
-                conn, model=model, limits=self._llm_limits,
-                input_tokens=max(0, input_tokens), output_tokens=max(0, output_tokens))
-
     async def learn_llm_limits(
-        self, model: str, headers: Mapping[str, str], *, age_seconds: float = 0.0
+        self, model: str, headers: Mapping[str, str], *, age_seconds: float = 0.0,
+        unused_input_tokens: int = 0, unused_output_tokens: int = 0,
     ) -> None:
-        if not self._llm_limits.enabled:
+        limits = self._llm_limits
+        if not limits.enabled:
             return
-        buckets = [learned_bucket(headers, kind, self._llm_limits.window_seconds, age_seconds)
-                   for kind in ("requests", "input-tokens", "output-tokens")]
-        if all(b.limit is None and b.remaining is None for b in buckets):
-            return
+        buckets = [learned_bucket(headers, kind, limits.window_seconds, age_seconds, unused)
+                   for kind, unused in (("requests", 0), ("input-tokens", unused_input_tokens),
+                                        ("output-tokens", unused_output_tokens))]
+        heard = any(b.limit is not None or b.remaining is not None for b in buckets)
+        configured = limits.input_tokens is not None or limits.output_tokens is not None
+        if not heard and not (configured and (unused_input_tokens or unused_output_tokens)):
+            return  # nothing learned and nothing to give back: no round trip
         async with self._pool.connection() as conn:
             await llm_store.learn_limits(
                 conn, model=model, limits=self._llm_limits, requests=buckets[0],
@@ -284,8 +283,8 @@ class AttemptContext:
     async def close(self) -> None:
         """The attempt is over: release whatever reservations it still holds (calls
         that failed, or were cancelled, before their ledger row)."""
-        if not self._may_hold_reservations:
-            return  # no model call was reserved: nothing to release, no round trip
+        if not self._unsettled_reservations:
+            return  # every reservation was settled (or none made): no round trip
         async with self._pool.connection() as conn:
             await llm_store.release_execution(conn, self.execution_id)
 
@@ -296,7 +295,8 @@ _MAX_THROTTLE_SLEEP = 5.0
 
 
 def learned_bucket(
-    headers: Mapping[str, str], kind: str, window_seconds: float, age_seconds: float = 0.0
+    headers: Mapping[str, str], kind: str, window_seconds: float, age_seconds: float = 0.0,
+    unused: float = 0.0,
 ) -> llm_store.LearnedBucket:
     """``anthropic-ratelimit-<kind>-limit`` / ``-remaining``, per minute in the API,
     scaled to the limiter's window. The API counts ``remaining`` when the request
@@ -318,4 +318,5 @@ def learned_bucket(
     return llm_store.LearnedBucket(
         limit=limit * scale if limit is not None else None,
         remaining=remaining * scale if remaining is not None else None,
+        unused=max(0.0, unused),
     )

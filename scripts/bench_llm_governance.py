@@ -261,7 +261,7 @@ def main() -> int:
             limiter_makespan_s=round(on.makespan_s, 2),
             baseline_makespan_s=round(off.makespan_s, 2),
             ideal_s=round(on.ideal_s, 2), limiter_completed=on.completed,
-            baseline_completed=off.completed, baseline_task_retries=off.task_retries,
+            limiter_off_completed=off.completed, baseline_task_retries=off.task_retries,
             limiter_task_retries=on.task_retries, tasks=args.tasks,
             limiter_verdict="MET" if met else "MISSED")
     if args.only in (None, "turns"):
@@ -278,7 +278,7 @@ def main() -> int:
             journal_model_calls=journal.model_calls, baseline_model_calls=baseline.model_calls,
             calls_ratio=round(journal.model_calls / baseline.model_calls, 3),
             journal_replayed_steps=journal.replayed_steps,
-            journal_completed=journal.completed, baseline_completed=baseline.completed,
+            journal_completed=journal.completed, no_journal_completed=baseline.completed,
             turns_verdict="MET" if met else "MISSED")
     figures["verdict"] = "MET" if all(verdicts) else "MISSED"
     bc.print_result("llm_governance", figures)

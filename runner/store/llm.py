@@ -4,8 +4,8 @@
   ``max_cost_usd`` (``runner_llm_reserve``: budget rows locked ``FOR UPDATE``, so
   concurrent checks of any number of daemons are serialised);
 * :func:`release` -- a reservation's end (its ledger row is written, or the call failed);
-* :func:`take_capacity`, :func:`return_capacity`, :func:`pause_model`,
-  :func:`learn_limits` -- the per-model token buckets every daemon shares;
+* :func:`take_capacity`, :func:`pause_model`, :func:`learn_limits` -- the per-model token
+  buckets every daemon shares;
 * :data:`BUDGETS_WITH_SPEND` -- every budget with what counts against it (the CLI's
   ``budgets``; run by a sync connection).
 """
@@ -90,28 +90,6 @@ async def take_capacity(
     return float(row[0])
 
 
-async def return_capacity(
-    conn: Conn, *, model: str, limits: Limits, input_tokens: float, output_tokens: float
-) -> None:
-    """Give back what a call took but did not use (its estimate against the usage the
-    API reported), never above a bucket's limit."""
-    await conn.execute(
-        """
-        UPDATE llm_rate_limits
-        SET input_tokens_available = least(
-                coalesce(%(il)s, input_tokens_limit, 'Infinity'::float8),
-                input_tokens_available + %(input)s),
-            output_tokens_available = least(
-                coalesce(%(ol)s, output_tokens_limit, 'Infinity'::float8),
-                output_tokens_available + %(output)s),
-            updated_at = now()
-        WHERE model = %(model)s
-        """,
-        {"model": model, "il": limits.input_tokens, "ol": limits.output_tokens,
-         "input": float(input_tokens), "output": float(output_tokens)},
-    )
-
-
 async def pause_model(conn: Conn, *, model: str, seconds: float) -> None:
     """Nobody calls ``model`` for ``seconds`` (a 429's ``retry-after``); a longer pause
     already set is kept."""
@@ -129,61 +107,31 @@ async def pause_model(conn: Conn, *, model: str, seconds: float) -> None:
 @dataclasses.dataclass(frozen=True, slots=True)
 class LearnedBucket:
     """One ``anthropic-ratelimit-<kind>-{limit,remaining}`` pair, converted to the
-    limiter's window."""
+    limiter's window, and what the call took of that bucket but did not use."""
 
     limit: float | None
     remaining: float | None
+    unused: float = 0.0
 
 
 async def learn_limits(
     conn: Conn, *, model: str, limits: Limits, requests: LearnedBucket,
     input_tokens: LearnedBucket, output_tokens: LearnedBucket,
 ) -> None:
-    """Store what the API said of its limits: a limit replaces the learned one, a
-    remaining count (the API's own view, as of now) caps the bucket's level. The buckets
-    are first refilled to now (a take of nothing), so the cap applies to today's level,
-    not to one as of the last take."""
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT runner_llm_refill(%s, %s, %s, %s, %s)",
-            (model, limits.requests, limits.input_tokens, limits.output_tokens,
-             limits.window_seconds))
-        await _learn(conn, model=model, requests=requests, input_tokens=input_tokens,
-                     output_tokens=output_tokens)
-
-
-async def _learn(
-    conn: Conn, *, model: str, requests: LearnedBucket, input_tokens: LearnedBucket,
-    output_tokens: LearnedBucket,
-) -> None:
+    """What a response said, in one locked update (``runner_llm_learn``): the buckets
+    refilled to now, the unused part of the call's take given back, a learned limit
+    replacing the earlier one, and the API's remaining count capping each level."""
+    buckets = (requests, input_tokens, output_tokens)
     await conn.execute(
-        """
-        INSERT INTO llm_rate_limits AS r (
-            model, requests_limit, input_tokens_limit, output_tokens_limit,
-            requests_available, input_tokens_available, output_tokens_available, refilled_at)
-        VALUES (%(model)s, %(rl)s, %(il)s, %(ol)s, %(rr)s, %(ir)s, %(orr)s, clock_timestamp())
-        ON CONFLICT (model) DO UPDATE
-        SET requests_limit = coalesce(excluded.requests_limit, r.requests_limit),
-            input_tokens_limit = coalesce(excluded.input_tokens_limit, r.input_tokens_limit),
-            output_tokens_limit = coalesce(excluded.output_tokens_limit, r.output_tokens_limit),
-            requests_available = least(
-                coalesce(excluded.requests_available, r.requests_available),
-                r.requests_available),
-            input_tokens_available = least(
-                coalesce(excluded.input_tokens_available, r.input_tokens_available),
-                r.input_tokens_available),
-            output_tokens_available = least(
-                coalesce(excluded.output_tokens_available, r.output_tokens_available),
-                r.output_tokens_available),
-            updated_at = now()
-        """,
-        {
-            "model": model,
-            "rl": requests.limit, "il": input_tokens.limit, "ol": output_tokens.limit,
-            "rr": requests.remaining, "ir": input_tokens.remaining,
-            "orr": output_tokens.remaining,
-        },
+        "SELECT runner_llm_learn(%s, %s, %s, %s, %s, %s::float8[], %s::float8[], %s::float8[])",
+        (model, limits.requests, limits.input_tokens, limits.output_tokens,
+         limits.window_seconds, [_float(b.limit) for b in buckets],
+         [_float(b.remaining) for b in buckets], [float(b.unused) for b in buckets]),
     )
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 #: Every budget with its spend and open reservations in the current period, for the CLI.

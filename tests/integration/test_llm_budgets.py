@@ -413,32 +413,42 @@ def test_a_learned_remaining_count_is_refilled_by_its_age() -> None:
     assert learned_bucket(headers, "input-tokens", 60, age_seconds=600).remaining == 6000
 
 
-async def test_learning_refills_to_now_first_and_unused_capacity_comes_back(
+async def test_learning_refills_to_now_gives_back_the_unused_and_caps_by_remaining(
     conn: Conn, pool: AsyncConnectionPool
 ) -> None:
     from runner.store import llm as llm_store
 
     limits = llm_store.Limits(input_tokens=600, window_seconds=60)  # 10 tokens a second
+    nothing = llm_store.LearnedBucket(None, None)
+
+    async def level() -> float:
+        row = conn.execute("SELECT input_tokens_available FROM llm_rate_limits "
+                           "WHERE model = 'm'").fetchone()
+        assert row is not None
+        return float(row[0])
+
     async with pool.connection() as aconn:
         assert await llm_store.take_capacity(
             aconn, model="m", limits=limits, input_tokens=500, output_tokens=0) == 0
-        # 100 left as of the take; 30 s later the bucket holds 400. The API says 450
-        # remain: the cap applies to today's 400, which it leaves alone.
+        # 100 left as of the take; 30 s later the bucket holds 400. Of the 500 taken the
+        # API counted 300: 200 come back (600). The API says 450 remain now: that caps it.
         conn.execute("UPDATE llm_rate_limits SET refilled_at = refilled_at - "
                      "interval '30 seconds' WHERE model = 'm'")
         await llm_store.learn_limits(
-            aconn, model="m", limits=limits, requests=llm_store.LearnedBucket(None, None),
-            input_tokens=llm_store.LearnedBucket(600, 450),
-            output_tokens=llm_store.LearnedBucket(None, None))
-        level = conn.execute("SELECT input_tokens_available FROM llm_rate_limits "
-                             "WHERE model = 'm'").fetchone()
-        assert level is not None and 399 < level[0] < 402
-        # Of a 500-token estimate, the API counted 200: 300 come back, never above 600.
-        await llm_store.return_capacity(aconn, model="m", limits=limits, input_tokens=300,
-                                        output_tokens=0)
-        level = conn.execute("SELECT input_tokens_available FROM llm_rate_limits "
-                             "WHERE model = 'm'").fetchone()
-        assert level == (600,)
+            aconn, model="m", limits=limits, requests=nothing,
+            input_tokens=llm_store.LearnedBucket(600, 450, unused=200), output_tokens=nothing)
+        assert 449.9 < await level() <= 450
+        # With no remaining count, what comes back is capped by the limit only.
+        assert await llm_store.take_capacity(
+            aconn, model="m", limits=limits, input_tokens=400, output_tokens=0) == 0
+        await llm_store.learn_limits(
+            aconn, model="m", limits=limits, requests=nothing,
+            input_tokens=llm_store.LearnedBucket(None, None, unused=300), output_tokens=nothing)
+        assert 350 <= await level() < 352
+        await llm_store.learn_limits(
+            aconn, model="m", limits=limits, requests=nothing,
+            input_tokens=llm_store.LearnedBucket(None, None, unused=5000), output_tokens=nothing)
+        assert await level() == 600
 
 
 async def test_limiter_off_sends_at_once_and_pauses_nobody(
