@@ -227,3 +227,30 @@ def test_registering_a_type_admits_it_and_shapes_its_workflow_payload(conn: Conn
     assert row == ("echo_plugin.v2:EchoAgent", None, True)
     assert payload("echo_agent") == {"n": 1, "goal_context": {"goal_criteria": {}}}
     assert conn.execute("SELECT count(*) FROM agent_types").fetchone() == (7,)
+
+
+def test_every_foreign_key_into_pruned_history_has_an_index_to_find_its_rows(
+    conn: Conn,
+) -> None:
+    """The prune deletes tasks, executions, jobs, runs and webhook events in batches;
+    each deleted row runs every foreign key's action on it (a cascade, a SET NULL, a
+    check) as one query. Without an index on the referencing columns each of those
+    scans the whole referencing table, and a prune slows to a crawl as that table grows
+    (a year of llm_calls, say). (Keys into organizations, agents and streams are left
+    out: those rows are deleted by hand, one at a time.)"""
+    assert conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND "
+                        "confrelid = 'agent_tasks'::regclass").fetchone()[0] >= 7  # type: ignore[index]
+    unindexed = conn.execute("""
+        SELECT c.conrelid::regclass::text, c.conname
+        FROM pg_constraint c
+        WHERE c.contype = 'f'
+          AND c.confrelid::regclass::text IN ('agent_tasks', 'agent_executions',
+              'procrastinate_jobs', 'workflow_runs', 'webhook_events')
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_index i
+              WHERE i.indrelid = c.conrelid
+                -- the key's columns lead the index, in any order
+                AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1]::int2[] @> c.conkey
+                AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1]::int2[] <@ c.conkey)
+        ORDER BY 1, 2""").fetchall()
+    assert unindexed == []
