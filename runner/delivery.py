@@ -102,6 +102,8 @@ class ClaimGate(JobManager):
         return max(1, min(1 + others, self._free_slots()))
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Any:
+        # Jobs already fetched for free slots are served first, even if claiming was
+        # paused since (a moment ago): they are this daemon's to run or hand back.
         if self._fetched:
             return self._fetched.popleft()
         if self.paused or self._busy():
@@ -140,7 +142,9 @@ class ClaimGate(JobManager):
             try:
                 await self.retry_job(job)
             except _TRANSIENT as exc:
-                # The reconciler re-queues a pending task whose job is stuck.
+                # Kept for the next worker (a restart after connection trouble). If the
+                # daemon exits first, the reconciler re-queues their tasks once the jobs
+                # have sat fetched and unclaimed past the rescue threshold.
                 logger.warning("delivery_hand_back_failed",
                                extra={"job_id": job.id, "error": str(exc)})
                 return
