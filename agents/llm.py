@@ -21,8 +21,8 @@ every call, whoever makes it:
   :class:`~runner.api.FailPermanently` -- and each HTTP request first waits for room in
   the limiter every daemon shares (``ctx.wait_for_llm_capacity``). Each response's
   ``anthropic-ratelimit-*`` headers are learned; a 429 pauses the model for every
-  daemon (``ctx.llm_rate_limited``). The reservation is settled once the ledger row is
-  written.
+  daemon (``ctx.llm_rate_limited``). The ledger row ends the reservation in the same
+  statement.
 * **Every HTTP attempt is counted** (``ctx.observe_http_call("anthropic", outcome)``),
   failed ones included.
 
@@ -60,6 +60,7 @@ from runner.api import (
     JournaledToolResult,
     LLMCallEstimate,
     LLMCallRecord,
+    LLMReservation,
     RetryLater,
     backoff_delay,
     describe_validation_error,
@@ -361,7 +362,9 @@ class LLMSession:
             else:
                 self._ctx.observe_http_call(_SERVICE, "ok")
                 duration_ms = int((time.monotonic() - began) * 1000)
-                call = await self._record(message, model, duration_ms, request_id)
+                # The ledger row ends the call's reservation in the same statement.
+                call = await self._record(message, model, duration_ms, request_id,
+                                          reservation)
                 # Journaled as soon as it is paid for: a crash before this line makes
                 # the call again in the next attempt (at least once, never lost).
                 await self._ctx.journal_model_turn(JournaledModelTurn(
@@ -369,7 +372,6 @@ class LLMSession:
                     input_tokens=call.input_tokens, output_tokens=call.output_tokens,
                     cost_usd=call.cost_usd, duration_ms=duration_ms,
                 ), replayed=False)
-                await self._ctx.settle_llm_call(reservation)
                 return message
 
             self._ctx.observe_http_call(_SERVICE, failure.outcome)
@@ -452,7 +454,8 @@ class LLMSession:
         return LLMCallEstimate(model, input_tokens, params["max_tokens"], price.cost_usd)
 
     async def _record(
-        self, message: Message, requested_model: str, duration_ms: int, request_id: str | None
+        self, message: Message, requested_model: str, duration_ms: int, request_id: str | None,
+        reservation: LLMReservation | None = None,
     ) -> LLMCallRecord:
         usage = message.usage
         billed_model = message.model or requested_model
@@ -479,7 +482,7 @@ class LLMSession:
             duration_ms=duration_ms,
             request_id=request_id,
         )
-        await self._ctx.record_llm_call(call)
+        await self._ctx.record_llm_call(call, settles=reservation)
         if price.priced_as is None:
             await self._warn_once(
                 "unpriced", billed_model,

@@ -179,7 +179,8 @@ class LLMCallEstimate:
 @dataclasses.dataclass(frozen=True, slots=True)
 class LLMReservation:
     """A call's estimate held against the budgets until its ledger row is written
-    (:meth:`AgentContext.settle_llm_call`) or the attempt ends."""
+    (:meth:`AgentContext.record_llm_call` with ``settles``, or
+    :meth:`AgentContext.settle_llm_call`) or the attempt ends."""
 
     id: int
     estimate: LLMCallEstimate
@@ -222,9 +223,13 @@ class AgentContext(Protocol):
         """Append a line to ``agent_task_logs`` for this task (committed at once)."""
         ...
 
-    async def record_llm_call(self, call: LLMCallRecord) -> None:
+    async def record_llm_call(
+        self, call: LLMCallRecord, *, settles: LLMReservation | None = None
+    ) -> None:
         """Write one ledger row now (cost is real even if the attempt later fails)
-        and add its usage to this execution's ``metrics``."""
+        and add its usage to this execution's ``metrics``. ``settles``: the call's
+        reservation, ended in the same statement, so the call never counts twice
+        against a budget (its estimate and its cost) while another call is checked."""
         ...
 
     def add_metrics(self, **values: float) -> None:
@@ -261,8 +266,8 @@ class AgentContext(Protocol):
     # LLM governance (CONTRACT.md "LLM budgets and limits"). A model call goes:
     # reserve_llm_call -> wait_for_llm_capacity -> send -> learn_llm_limits (every
     # response, a 429's too, with what the call did not use) / llm_rate_limited (a 429)
-    # -> record_llm_call -> settle_llm_call. agents.llm.LLMSession does this for every
-    # call.
+    # -> record_llm_call (settling the reservation). agents.llm.LLMSession does this
+    # for every call.
 
     async def reserve_llm_call(self, estimate: LLMCallEstimate) -> LLMReservation:
         """Hold ``estimate`` against every active budget of this agent and organization

@@ -7,8 +7,8 @@ LLM governance lives here for the agents (SQL in :mod:`runner.store.llm`):
   concurrent attempts of every daemon overshoot a budget by at most one call each. A
   refused call raises :class:`DeferUntil` (the executor re-queues the task at the
   budget's next UTC period, no retry spent) or, for the task's own ``max_cost_usd``,
-  :class:`FailPermanently`. The reservation ends when its ledger row is written
-  (:meth:`settle_llm_call`), with the attempt (:meth:`close`), or by expiry after the
+  :class:`FailPermanently`. The reservation ends with its ledger row, in the
+  same statement (:meth:`record_llm_call` ``settles``), with the attempt (:meth:`close`), or by expiry after the
   agent's timeout if the daemon dies.
 * **Provider limits.** :meth:`wait_for_llm_capacity` takes a call's request, input and
   output tokens from the model's shared token buckets, sleeping (cancellable) for as
@@ -113,12 +113,17 @@ class AttemptContext:
             extra={"task_id": str(self.task_id), "agent_message": message},
         )
 
-    async def record_llm_call(self, call: LLMCallRecord) -> None:
+    async def record_llm_call(
+        self, call: LLMCallRecord, *, settles: LLMReservation | None = None
+    ) -> None:
         self._llm_calls += 1
         async with self._pool.connection() as conn:
             await store.insert_llm_call(
-                conn, attempt=self._attempt, call_index=self._llm_calls, call=call
+                conn, attempt=self._attempt, call_index=self._llm_calls, call=call,
+                settles=None if settles is None else settles.id,
             )
+        if settles is not None:
+            self._unsettled_reservations -= 1
         self.add_metrics(
             input_tokens=call.input_tokens,
             output_tokens=call.output_tokens,

@@ -202,11 +202,15 @@ async def append_log(
 
 
 async def insert_llm_call(
-    conn: Conn, *, attempt: StartedAttempt, call_index: int, call: LLMCallRecord
+    conn: Conn, *, attempt: StartedAttempt, call_index: int, call: LLMCallRecord,
+    settles: int | None = None,
 ) -> None:
+    """The call's ledger row, and the end of its budget reservation (``settles``) in the
+    same statement: a budget check never counts the call twice (estimate and cost)."""
     # ON CONFLICT: a ledger row is written once per (execution, call), whatever happens.
     await conn.execute(
         """
+        WITH settled AS (DELETE FROM llm_budget_reservations WHERE id = %s)
         INSERT INTO llm_calls (
             org_id, agent_id, task_id, execution_id, call_index, model, input_tokens,
             output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd,
@@ -215,6 +219,7 @@ async def insert_llm_call(
         ON CONFLICT (execution_id, call_index) DO NOTHING
         """,
         (
+            settles,
             attempt.agent.org_id, attempt.agent.id, attempt.task_id, attempt.execution_id,
             call_index, call.model, call.input_tokens, call.output_tokens,
             call.cache_creation_input_tokens, call.cache_read_input_tokens, call.cost_usd,

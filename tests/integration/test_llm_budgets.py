@@ -470,3 +470,35 @@ async def test_limiter_off_sends_at_once_and_pauses_nobody(
     assert time.monotonic() - began < 10
     assert len(api.message_requests()) == 3
     assert conn.execute("SELECT count(*) FROM llm_rate_limits").fetchone() == (0,)
+
+
+async def test_a_ledger_row_ends_its_reservation_in_the_same_statement(
+    conn: Conn, pool: AsyncConnectionPool
+) -> None:
+    """A call must not count twice (its estimate and its cost) while another call of the
+    scope is checked against the budget: the ledger row and the end of the reservation
+    are one statement."""
+    from runner.api import LLMCallRecord
+    from runner.store import attempts
+    from runner.store import llm as llm_store
+
+    _agent(conn)
+    task = _enqueue(conn)
+    row = conn.execute("SELECT job_id FROM agent_tasks WHERE id = %s", (task,)).fetchone()
+    assert row is not None
+    async with pool.connection() as aconn:
+        claimed = await attempts.start_attempt(aconn, task_id=task, job_id=row[0],
+                                               daemon_id=None)
+        assert claimed is not None
+        attempt, _ = claimed
+        reserved = await llm_store.reserve(
+            aconn, org_id=attempt.agent.org_id, agent_id=attempt.agent.id, task_id=attempt.task_id,
+            execution_id=attempt.execution_id, cost_usd=Decimal("0.02"), tokens=1000,
+            ttl_seconds=60)
+        assert reserved.reservation_id is not None
+        await attempts.insert_llm_call(
+            aconn, attempt=attempt, call_index=1, settles=reserved.reservation_id,
+            call=LLMCallRecord(MODEL, 100, 50, 0, 0, Decimal("0.001"), "test"))
+    assert conn.execute("SELECT count(*) FROM llm_budget_reservations").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM llm_calls WHERE task_id = %s",
+                        (task,)).fetchone() == (1,)
