@@ -7,9 +7,9 @@ LLM governance lives here for the agents (SQL in :mod:`runner.store.llm`):
   concurrent attempts of every daemon overshoot a budget by at most one call each. A
   refused call raises :class:`DeferUntil` (the executor re-queues the task at the
   budget's next UTC period, no retry spent) or, for the task's own ``max_cost_usd``,
-  :class:`FailPermanently`. The reservation ends with its ledger row, in the
-  same statement (:meth:`record_llm_call` ``settles``), with the attempt (:meth:`close`), or by expiry after the
-  agent's timeout if the daemon dies.
+  :class:`FailPermanently`. The reservation ends with its ledger row, in the same
+  statement (:meth:`record_llm_call` ``settles``), with the attempt (:meth:`close`), or
+  by expiry after the agent's timeout if the daemon dies.
 * **Provider limits.** :meth:`wait_for_llm_capacity` takes a call's request, input and
   output tokens from the model's shared token buckets, sleeping (cancellable) for as
   long as the database says; :meth:`llm_rate_limited` pauses the model for everyone;
