@@ -58,6 +58,14 @@ def test_explicit_values_win() -> None:
         == (4.0, 2.5, 60.0)
 
 
+def test_the_llm_switches_are_on_unless_turned_off() -> None:
+    settings = load_settings()
+    assert (settings.llm_limiter, settings.llm_replay) == (True, True)
+    off = load_settings(RUNNER_LLM_LIMITER="off", RUNNER_LLM_REPLAY="false")
+    assert (off.llm_limiter, off.llm_replay) == (False, False)
+    assert "RUNNER_LLM_LIMITER" in refusal(RUNNER_LLM_LIMITER="sometimes")
+
+
 @pytest.mark.parametrize("environment", [
     {"RUNNER_HEARTBEAT_INTERVAL": "5", "RUNNER_RESCUE_AFTER": "20"},   # the defaults
     {"RUNNER_HEARTBEAT_INTERVAL": "0.5", "RUNNER_RESCUE_AFTER": "2"},  # test_daemon's fast
