@@ -26,6 +26,10 @@ class QuietServer(ThreadingHTTPServer):
 
 class QuietHandler(BaseHTTPRequestHandler):
     server: QuietServer
+    # The handlers write a response's headers and its body separately; with Nagle's
+    # algorithm on, the body then waits for the client's delayed ACK (~40 ms on Linux),
+    # a delay no real API adds. Measured: a stand-in answering "in 300 ms" took 346 ms.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
