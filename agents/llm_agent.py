@@ -82,8 +82,11 @@ class LLMAgent:
         config = agent_configuration(ctx.agent, LLMAgentConfiguration)
         writes = PendingWrites()
         tools = self._tools.bind(ctx.agent.tool_names, ctx, writes)
-        async with ctx.connection() as conn:
-            stream = await store.run_stream(conn, task_id=ctx.task_id, org_id=ctx.agent.org_id)
+        stream = None
+        if ctx.workflow_run_id is not None:  # a step of a stream's run: its stream
+            async with ctx.connection() as conn:
+                stream = await store.run_stream(
+                    conn, task_id=ctx.task_id, org_id=ctx.agent.org_id)
         prompt = prompt_in_context(payload.prompt, stream, ctx.parent_outputs)
         result = await run_tool_loop(
             ctx,
@@ -101,8 +104,9 @@ class LLMAgent:
         return AgentResult(
             output=output,
             # Insights saved by tools are written here, with the task's completion, so a
-            # failed attempt leaves none behind.
-            commit=writes.commit,
+            # failed attempt leaves none behind. Nothing saved: no hook, and the finish
+            # is one statement instead of a transaction around it.
+            commit=writes.commit if writes else None,
             summary={"steps": result.steps, "insights_saved": len(writes.insights)},
         )
 

@@ -214,6 +214,8 @@ class AgentContext(Protocol):
     http: httpx.AsyncClient
     #: Outputs of the parent tasks in the same workflow run, keyed by agent name.
     parent_outputs: Mapping[str, Mapping[str, Any]]
+    #: The workflow run this attempt is a step of (``None``: a task on its own).
+    workflow_run_id: UUID | None
 
     def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A pooled connection for short reads. Release it before any slow call."""

@@ -80,6 +80,8 @@ class AttemptContext:
         #: reservations asked for and not yet settled (one may commit even if its
         #: answer is lost): only then has :meth:`close` anything to release
         self._unsettled_reservations = 0
+        #: the take that went with the last reservation: (what, its wait, when)
+        self._first_take: tuple[llm_store.Take, float, float] | None = None
         self._attempt = attempt
         self._llm_calls = 0
         self._llm_steps = 0
@@ -92,6 +94,7 @@ class AttemptContext:
         self.settings = settings
         self.http = http
         self.parent_outputs = parent_outputs
+        self.workflow_run_id: UUID | None = attempt.workflow_run_id
 
     def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         return self._pool.connection()
@@ -214,6 +217,10 @@ class AttemptContext:
     async def reserve_llm_call(self, estimate: LLMCallEstimate) -> LLMReservation:
         agent = self._attempt.agent
         self._unsettled_reservations += 1
+        # The call's first take from the limiter rides along (one round trip less);
+        # wait_for_llm_capacity then finds it done.
+        take = llm_store.Take(estimate.model, self._llm_limits, estimate.input_tokens,
+                              estimate.max_output_tokens) if self._llm_limits.enabled else None
         async with self._pool.connection() as conn:
             result = await llm_store.reserve(
                 conn, org_id=agent.org_id, agent_id=agent.id, task_id=self.task_id,
@@ -222,8 +229,11 @@ class AttemptContext:
                 # A dead daemon's reservation stops counting once its attempt would
                 # have timed out anyway.
                 ttl_seconds=float(agent.timeout_seconds) + _RESERVATION_SLACK_SECONDS,
+                take=take,
             )
         if result.reservation_id is not None:
+            if take is not None and result.wait is not None:
+                self._first_take = (take, result.wait, time.monotonic())
             return LLMReservation(id=result.reservation_id, estimate=estimate)
         self._unsettled_reservations -= 1  # refused: nothing was reserved
         message = result.message or "LLM call refused"
@@ -246,6 +256,17 @@ class AttemptContext:
         if not self._llm_limits.enabled:
             return 0.0
         began = time.monotonic()
+        first, self._first_take = self._first_take, None
+        if first is not None:
+            take, wait, at = first
+            if (take.model, take.input_tokens, take.output_tokens) == (
+                    model, input_tokens, max_tokens):
+                if wait <= 0:  # taken with the reservation
+                    metrics.llm_throttle_wait(model, 0.0)
+                    return 0.0
+                began = at
+                await asyncio.sleep(min(max(wait - (time.monotonic() - at),
+                                            _MIN_THROTTLE_SLEEP), _MAX_THROTTLE_SLEEP))
         try:
             while True:
                 async with self._pool.connection() as conn:
