@@ -35,20 +35,53 @@ class ReserveResult:
     message: str | None = None
     #: a budget's next period (when the call could be made again)
     resume_at: dt.datetime | None = None
+    #: with ``take``, once reserved: 0.0 when the call's capacity was taken in the same
+    #: round trip, otherwise the seconds to wait (see :func:`take_capacity`)
+    wait: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Take:
+    """A call's capacity, taken from the limiter together with its reservation."""
+
+    model: str
+    limits: Limits
+    input_tokens: int
+    output_tokens: int
 
 
 async def reserve(
     conn: Conn, *, org_id: UUID, agent_id: UUID, task_id: UUID, execution_id: UUID,
-    cost_usd: Decimal, tokens: int, ttl_seconds: float,
+    cost_usd: Decimal, tokens: int, ttl_seconds: float, take: Take | None = None,
 ) -> ReserveResult:
+    """Reserve the call's estimate (``runner_llm_reserve``) and, once reserved and with
+    ``take``, take its capacity from the limiter in the same statement: one round trip
+    where the call would make two. (Budget rows are locked before the model's bucket,
+    always in that order.)"""
+    limits = take.limits if take is not None else Limits()
     cur = await conn.execute(
-        "SELECT reservation_id, blocked, budget_id, message, resume_at "
-        "FROM runner_llm_reserve(%s, %s, %s, %s, %s, %s, %s)",
-        (org_id, agent_id, task_id, execution_id, cost_usd, tokens, ttl_seconds),
+        """
+        SELECT r.reservation_id, r.blocked, r.budget_id, r.message, r.resume_at,
+               CASE WHEN r.reservation_id IS NOT NULL AND %(take)s
+                    THEN runner_llm_take_capacity(%(model)s, %(rpm)s, %(itpm)s, %(otpm)s,
+                                                  %(input)s, %(output)s, %(window)s)
+               END
+        FROM runner_llm_reserve(%(org)s, %(agent)s, %(task)s, %(execution)s, %(cost)s,
+                                %(tokens)s, %(ttl)s) AS r
+        """,
+        {"org": org_id, "agent": agent_id, "task": task_id, "execution": execution_id,
+         "cost": cost_usd, "tokens": tokens, "ttl": ttl_seconds, "take": take is not None,
+         "model": take.model if take is not None else None, "rpm": limits.requests,
+         "itpm": limits.input_tokens, "otpm": limits.output_tokens,
+         "input": float(take.input_tokens) if take is not None else 0.0,
+         "output": float(take.output_tokens) if take is not None else 0.0,
+         "window": limits.window_seconds},
     )
     row = await cur.fetchone()
     assert row is not None
-    return ReserveResult(*row)
+    reservation_id, blocked, budget_id, message, resume_at, wait = row
+    return ReserveResult(reservation_id, blocked, budget_id, message, resume_at,
+                         wait=None if wait is None else float(wait))
 
 
 async def release(conn: Conn, reservation_ids: list[int]) -> None:
