@@ -127,6 +127,11 @@ def run_limiter(args: argparse.Namespace, *, limiter: bool) -> LimiterRun:
                    coalesce(sum(retry_count), 0)
             FROM agent_tasks WHERE id = ANY(%s::uuid[])""", [ids])[0]
         counted = api.counted_input_tokens
+        requests = api.message_requests()
+        if limiter and api.rate_limited_at and requests:
+            first = min(r.received_at for r in requests)
+            times = ", ".join(f"+{at - first:.2f} s" for at in api.rate_limited_at)
+            print(f"  429s at {times} from the first request")
         if completed != args.tasks:
             for status, error, count in bc.execute(url, """
                     SELECT status, left(error_message, 300), count(*) FROM agent_tasks

@@ -451,6 +451,30 @@ async def test_learning_refills_to_now_gives_back_the_unused_and_caps_by_remaini
         assert await level() == 600
 
 
+async def test_calls_sent_before_a_limit_is_known_count_once_it_is_learned(
+    conn: Conn, pool: AsyncConnectionPool
+) -> None:
+    """Until the first answer teaches a limit, calls go at once; what they took is
+    remembered, so the first learned level counts the calls still in flight, which the
+    API's first remaining count (taken when the first of them arrived) had not seen."""
+    from runner.store import llm as llm_store
+
+    learned_only = llm_store.Limits(window_seconds=60)
+    nothing = llm_store.LearnedBucket(None, None)
+    async with pool.connection() as aconn:
+        for _ in range(6):  # six calls of 600 tokens at once, no limit known
+            assert await llm_store.take_capacity(
+                aconn, model="m", limits=learned_only, input_tokens=600, output_tokens=0) == 0
+        # The first answer: limit 6,000, and 5,400 remained when that first call arrived.
+        await llm_store.learn_limits(
+            aconn, model="m", limits=learned_only, requests=nothing,
+            input_tokens=llm_store.LearnedBucket(6000, 5400), output_tokens=nothing)
+    row = conn.execute("SELECT input_tokens_limit, input_tokens_available "
+                       "FROM llm_rate_limits WHERE model = 'm'").fetchone()
+    assert row is not None and row[0] == 6000
+    assert row[1] == 6000 - 6 * 600  # not 5,400: the other five are counted too
+
+
 async def test_limiter_off_sends_at_once_and_pauses_nobody(
     conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn
 ) -> None:

@@ -203,6 +203,8 @@ class AnthropicStandIn:
         #: 429s sent for the rate limit; tokens counted against it (accepted requests)
         self.rate_limited = 0
         self.counted_input_tokens = 0
+        #: when each 429 was sent (``time.monotonic()``)
+        self.rate_limited_at: list[float] = []
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -256,6 +258,7 @@ class AnthropicStandIn:
                                        "output-tokens": float(body.get("max_tokens") or 0)})
             if wait > 0:
                 self.rate_limited += 1
+                self.rate_limited_at.append(time.monotonic())
             else:
                 self.counted_input_tokens += counted
             return wait, self._buckets.headers()
