@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import email.utils
 import hashlib
 import json
@@ -551,7 +552,10 @@ def _classify_status_error(exc: anthropic.APIStatusError) -> _Failure:
         if exc.error_code == "enforced_spend_limit_reached":
             # The organisation's monthly spend limit: nothing changes until next month.
             return _Failure("permanent", "rate_limited", message)
-        return _Failure("rate_limited", "rate_limited", message, _retry_after(exc))
+        retry_after = _retry_after(exc)
+        if retry_after is None:
+            retry_after = _until_replenished(exc.response.headers)
+        return _Failure("rate_limited", "rate_limited", message, retry_after)
     transient_status = status >= 500 or status in (408, 409)
     if transient_status or error_type in ("overloaded_error", "api_error", "timeout_error"):
         outcome: HttpOutcome = "server_error" if status >= 500 or status < 400 else "client_error"
@@ -573,6 +577,28 @@ def _retry_after(exc: anthropic.APIStatusError) -> float | None:
             return None
         seconds = when.timestamp() - time.time()
     return max(0.0, seconds)
+
+
+def _until_replenished(headers: Mapping[str, str]) -> float | None:
+    """A 429 without ``retry-after``: the seconds until the exhausted limits refill, from
+    ``anthropic-ratelimit-<kind>-reset`` (RFC 3339) of each kind with nothing
+    ``-remaining``; None when no header says."""
+    waits = []
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+        remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
+        reset = headers.get(f"anthropic-ratelimit-{kind}-reset")
+        if remaining is None or reset is None:
+            continue
+        try:
+            if float(remaining) > 0:
+                continue
+            when = dt.datetime.fromisoformat(reset.replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if when.tzinfo is None:
+            continue
+        waits.append((when - dt.datetime.now(dt.UTC)).total_seconds())
+    return max(0.0, max(waits)) if waits else None
 
 
 # Reading responses -----------------------------------------------------------------

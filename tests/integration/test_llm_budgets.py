@@ -526,3 +526,25 @@ async def test_a_ledger_row_ends_its_reservation_in_the_same_statement(
     assert conn.execute("SELECT count(*) FROM llm_budget_reservations").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM llm_calls WHERE task_id = %s",
                         (task,)).fetchone() == (1,)
+
+
+async def test_a_429_without_retry_after_waits_for_the_exhausted_limit_to_reset(
+    conn: Conn, pool: AsyncConnectionPool, api: AnthropicStandIn
+) -> None:
+    # The retry policy's default wait for a bare 429 is 0.05 s (FAST); the headers say the
+    # exhausted input-token limit is full again in about 2 s: that is the pause.
+    settings = test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url)
+    _agent(conn)
+    reset = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat(timespec="seconds")
+    api.enqueue(
+        error(429, "rate_limit_error", "slow down", headers={
+            "anthropic-ratelimit-input-tokens-remaining": "0",
+            "anthropic-ratelimit-input-tokens-reset": reset.replace("+00:00", "Z"),
+            "anthropic-ratelimit-requests-remaining": "49",
+            "anthropic-ratelimit-requests-reset": dt.datetime.now(dt.UTC).isoformat()}),
+        text("Done."))
+    task = _enqueue(conn)
+    assert await run_task_inline(
+        pool, task, registry=_registry(), settings=settings) is Outcome.COMPLETED
+    first, second = (r.received_at for r in api.message_requests())
+    assert 0.9 <= second - first <= 2.0 + 1.5  # the reset is whole seconds
