@@ -50,6 +50,9 @@ CREATE INDEX llm_journal_lookup_idx ON llm_journal (task_id, kind, step, fingerp
     WHERE NOT replayed;
 -- ON DELETE CASCADE from agent_executions finds its rows by index.
 CREATE INDEX llm_journal_execution_idx ON llm_journal (execution_id);
+-- The cascade from a pruned task deletes its journal rows by task_id; the lookup index
+-- above is partial, so without this one that delete would scan the journal per task.
+CREATE INDEX llm_journal_task_idx ON llm_journal (task_id);
 
 CREATE VIEW llm_transcript AS
 SELECT task_id, execution_id, step, role, content, tool_name, tool_input, tool_output,
