@@ -272,45 +272,10 @@ def demo_report(conn: Conn, stream_id: str, run_id: str, *, top: int) -> dict[st
             "top_companies": companies, "agents": agents}
 
 
-# The columns of the stream_progress view (CONTRACT.md), computed the same way where a
-# database does not have the view yet.
-_PROGRESS = """
-SELECT s.id AS stream_id, i.items,
-       CASE WHEN jsonb_typeof(s.target_metrics -> 'companies_to_find') = 'number'
-            THEN floor((s.target_metrics ->> 'companies_to_find')::numeric)::integer
-       END AS target,
-       i.enriched, i.scored, i.qualified, i.critical, i.high, i.medium, i.low,
-       r.id AS last_run_id, r.status AS last_run_status, r.created_at AS last_run_at
-FROM streams s
-CROSS JOIN LATERAL (
-    SELECT count(*) AS items,
-           count(*) FILTER (WHERE si.enrichment_status = 'enriched') AS enriched,
-           count(*) FILTER (WHERE si.scored_at IS NOT NULL) AS scored,
-           count(*) FILTER (WHERE si.qualified) AS qualified,
-           count(*) FILTER (WHERE si.priority = 'critical') AS critical,
-           count(*) FILTER (WHERE si.priority = 'high') AS high,
-           count(*) FILTER (WHERE si.priority = 'medium') AS medium,
-           count(*) FILTER (WHERE si.priority = 'low') AS low
-    FROM stream_items si WHERE si.stream_id = s.id
-) AS i
-LEFT JOIN LATERAL (
-    SELECT id, status, created_at FROM workflow_runs w
-    WHERE w.stream_id = s.id ORDER BY w.created_at DESC LIMIT 1
-) AS r ON true
-WHERE s.id = %s
-"""
-
-
 def stream_progress(conn: Conn, stream_id: str) -> dict[str, Any]:
-    """The stream's row of the ``stream_progress`` view (or the same figures counted
-    here, on a database that does not have the view)."""
+    """The stream's row of the ``stream_progress`` view (the demo migrates first)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT to_regclass('stream_progress') IS NOT NULL AS present")
-        present = cur.fetchone()
-        if present is not None and present["present"]:
-            cur.execute("SELECT * FROM stream_progress WHERE stream_id = %s", (stream_id,))
-        else:
-            cur.execute(_PROGRESS, (stream_id,))
+        cur.execute("SELECT * FROM stream_progress WHERE stream_id = %s", (stream_id,))
         row = cur.fetchone()
     assert row is not None
     return row
