@@ -19,12 +19,18 @@ import httpx
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from agents.llm import RetryPolicy
 from runner.executor import Executor
 from runner.outcomes import Outcome
 from runner.plugins import Registry, load_registry
 from runner.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+#: The LLM retry policy of in-process tests: the same rules, with waits of milliseconds.
+FAST_LLM_POLICY = RetryPolicy(
+    rate_limit_max_wait=2.0, rate_limit_budget=5.0, rate_limit_default_wait=0.05,
+    transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
+)
 
 
 def test_settings(**overrides: Any) -> Settings:

@@ -15,11 +15,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agents.enrichment_agent import EnrichmentAgent
-from agents.llm import RetryPolicy
 from agents.opportunity_bot import OpportunityBot
 from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
+from tests.harness import FAST_LLM_POLICY as FAST
 from tests.harness import run_task_inline, test_settings
 from tests.standins.anthropic_api import AnthropicStandIn, Reply, error, text
 from tests.standins.companies_house import CompaniesHouseStandIn, running_companies_house
@@ -27,10 +27,6 @@ from tests.standins.websites import running_websites
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-FAST = RetryPolicy(
-    rate_limit_max_wait=2.0, rate_limit_budget=5.0, rate_limit_default_wait=0.05,
-    transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
-)
 MODEL = "claude-sonnet-4-6"
 LEDGER_KEYS = {"input_tokens", "output_tokens", "cache_creation_input_tokens",
                "cache_read_input_tokens", "llm_calls", "cost_usd"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -23,6 +22,7 @@ from runner.api import AgentContext, AgentResult
 from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
+from tests.harness import FAST_LLM_POLICY as FAST
 from tests.harness import run_task_inline, task_state, test_settings
 from tests.standins.anthropic_api import (
     AnthropicStandIn,
@@ -38,24 +38,9 @@ from tests.standins.anthropic_api import (
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 # Waits in milliseconds, so a test of three retries takes a fraction of a second.
-FAST = RetryPolicy(
-    rate_limit_max_wait=2.0, rate_limit_budget=5.0, rate_limit_default_wait=0.05,
-    transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
-)
 MODEL = "claude-sonnet-4-6"
 LEDGER_KEYS = {"input_tokens", "output_tokens", "cache_creation_input_tokens",
                "cache_read_input_tokens", "llm_calls", "cost_usd"}
-
-
-@pytest.fixture
-def api() -> Iterator[AnthropicStandIn]:
-    with AnthropicStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-def settings(api: AnthropicStandIn) -> Settings:
-    return test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url)
 
 
 def _registry(policy: RetryPolicy = FAST) -> Registry:

@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,36 +14,21 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from agents.llm import RetryPolicy
 from agents.llm_agent import LLMAgent
 from runner import cli, metrics
 from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
+from tests.harness import FAST_LLM_POLICY as FAST
 from tests.harness import await_until, run_task_inline, task_state, test_settings
 from tests.standins.anthropic_api import AnthropicStandIn, Reply, error, text, tool_use
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-FAST = RetryPolicy(
-    rate_limit_max_wait=2.0, rate_limit_budget=5.0, rate_limit_default_wait=0.05,
-    transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
-)
 MODEL = "claude-sonnet-4-6"
 #: What _looping's calls are billed (10,000 input tokens at claude-sonnet-4-6's $3 / MTok),
 #: well above their estimate (the real request is small), so a budget can be crossed.
 CALL_COST = Decimal("0.03")
-
-
-@pytest.fixture
-def api() -> Iterator[AnthropicStandIn]:
-    with AnthropicStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-def settings(api: AnthropicStandIn) -> Settings:
-    return test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url)
 
 
 def _registry() -> Registry:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +17,6 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from agents.llm import RetryPolicy
 from agents.llm_agent import LLMAgent
 from agents.tools import BUILTIN_TOOLS, PendingWrites, SaveInsightInput, ToolRegistry, ToolSpec
 from runner import cli, metrics
@@ -26,28 +24,14 @@ from runner.api import AgentContext
 from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
+from tests.harness import FAST_LLM_POLICY as FAST
 from tests.harness import run_task_inline, task_state, test_settings
 from tests.standins.anthropic_api import AnthropicStandIn, Reply, error, text, tool_use
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-FAST = RetryPolicy(
-    rate_limit_max_wait=2.0, rate_limit_budget=5.0, rate_limit_default_wait=0.05,
-    transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
-)
 MODEL = "claude-sonnet-4-6"
 SERVER_ERRORS = [error(500, "api_error", "Internal server error")] * 3
-
-
-@pytest.fixture
-def api() -> Iterator[AnthropicStandIn]:
-    with AnthropicStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-def settings(api: AnthropicStandIn) -> Settings:
-    return test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url)
 
 
 class _CountingSaves:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -508,12 +508,6 @@ def test_stream_progress_counts_items_and_names_the_last_run(conn: Conn) -> None
 
 
 # -- context flows down the chain ------------------------------------------------------
-
-
-@pytest.fixture
-def api() -> Iterator[AnthropicStandIn]:
-    with AnthropicStandIn() as standin:
-        yield standin
 
 
 async def test_an_llm_step_is_told_its_stream_and_its_parents_outputs(

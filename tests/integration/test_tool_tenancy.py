@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,20 +18,16 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from agents.llm import RetryPolicy
 from agents.llm_agent import LLMAgent
 from runner.outcomes import Outcome
 from runner.plugins import Registry
 from runner.settings import Settings
-from tests.harness import run_task_inline, task_state, test_settings
+from tests.harness import FAST_LLM_POLICY as FAST
+from tests.harness import run_task_inline, task_state
 from tests.standins.anthropic_api import AnthropicStandIn, RecordedRequest, text, tool_use
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-FAST = RetryPolicy(
-    rate_limit_max_wait=2.0, rate_limit_budget=5.0, rate_limit_default_wait=0.05,
-    transient_retries=2, backoff_base=0.01, backoff_max=0.05, request_timeout=10.0,
-)
 TOOLS = ("list_companies", "search_companies", "get_company", "list_stream_items",
          "save_insight")
 
@@ -44,17 +39,6 @@ class Tenant:
     company_number: str
     company_name: str
     agent_name: str
-
-
-@pytest.fixture
-def api() -> Iterator[AnthropicStandIn]:
-    with AnthropicStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-def settings(api: AnthropicStandIn) -> Settings:
-    return test_settings(ANTHROPIC_API_KEY="test-key", ANTHROPIC_BASE_URL=api.url)
 
 
 def _one(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> Any:
