@@ -51,16 +51,21 @@ import dataclasses
 import http.cookiejar
 import ipaddress
 import re
-import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Literal
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
 from agents.fingerprints import Detection, PageFeatures, detect, extract_features
-from runner.api import non_public_reason
+from runner.api import (
+    AddressProblem,
+    Resolver,
+    checked_addresses,
+    non_public_reason,
+    resolve_host,
+)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -86,8 +91,6 @@ _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _HTML_TYPES: Final = ("text/html", "application/xhtml+xml")
 
 ObserveCall = Callable[[str, str], None]
-#: ``resolve(host, port)`` -> the host's addresses, in the order to try them.
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 WebsiteErrorKind = Literal[
     "invalid_url", "timeout", "too_many_redirects", "not_html", "http_error", "transport",
@@ -145,12 +148,6 @@ def website_client(
     )
 
 
-async def resolve_host(host: str, port: int) -> list[str]:
-    """The system resolver's addresses for ``host``, in its order, without repeats."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Hop:
     """One request's target: the URL as written and the checked addresses to try."""
@@ -168,37 +165,20 @@ async def _resolve_hop(url: str, resolve: Resolver, allow_private_addresses: boo
         target = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:  # ValueError: a bad IDNA label
         raise WebsiteError("invalid_url", f"not a valid URL: {url!r} ({exc})") from None
-    addresses: Sequence[str]
     server_name: str | None = None
     try:
-        addresses = [str(ipaddress.ip_address(target.host))]
+        ipaddress.ip_address(target.host)
     except ValueError:
         server_name = target.raw_host.decode("ascii")
-    if server_name is not None:
-        port = target.port or (443 if target.scheme == "https" else 80)
-        try:
-            addresses = await resolve(server_name, port)
-        except OSError as exc:
-            raise WebsiteError(
-                "transport", f"{url}: cannot resolve {server_name!r}: {exc}") from None
-        if not addresses:
-            raise WebsiteError("transport", f"{url}: {server_name!r} resolves to no address")
+    port = target.port or (443 if target.scheme == "https" else 80)
     try:
-        parsed = [ipaddress.ip_address(text) for text in addresses]
-    except ValueError as exc:
-        raise WebsiteError("transport", f"{url}: bad resolver answer: {exc}") from None
-    if not allow_private_addresses:
-        refused = [
-            f"{address}: {reason}" for address in parsed
-            if (reason := non_public_reason(address)) is not None
-        ]
-        if refused:
-            raise WebsiteError(
-                "blocked_address",
-                f"{url}: {target.host!r} resolves to a non-public address "
-                f"({'; '.join(refused)})",
-            )
-    return _Hop(target, server_name, tuple(str(address) for address in parsed))
+        addresses = await checked_addresses(
+            server_name or target.host, port, allow_private=allow_private_addresses,
+            resolve=resolve, shown=target.host)
+    except AddressProblem as exc:
+        raise WebsiteError("blocked_address" if exc.kind == "non_public" else "transport",
+                           f"{url}: {exc}") from None
+    return _Hop(target, server_name, tuple(addresses))
 
 
 @contextlib.asynccontextmanager

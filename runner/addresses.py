@@ -3,16 +3,28 @@ website fetches of agents (through ``runner.api``) and the engine's webhook deli
 
 ``is_global`` alone is not enough: multicast, site-local and some reserved ranges count
 as global to the ``ipaddress`` module, and an IPv6 address may carry an IPv4 one (NAT64,
-6to4, IPv4-mapped, -compatible or -translated, Teredo), which decides instead. Pure
-functions, no I/O: the callers resolve names and check every address they got.
+6to4, IPv4-mapped, -compatible or -translated, Teredo), which decides instead.
+
+:func:`checked_addresses` resolves a host once and checks every address it got; the
+caller then connects to one of exactly those (no second lookup that DNS rebinding could
+answer differently).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from typing import Final
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Literal
 
-__all__ = ["IPAddress", "non_public_reason"]
+__all__ = [
+    "AddressProblem", "IPAddress", "Resolver", "checked_addresses", "non_public_reason",
+    "resolve_host",
+]
+
+#: ``resolve(host, port)`` -> the host's addresses, in the order to try them.
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -88,3 +100,60 @@ def non_public_reason(address: IPAddress) -> str | None:
             # The embedded address decides: these prefixes themselves are not global.
             return None if inner is None else f"{form} address of {inner} {ipv4}"
     return _plain_reason(address)
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """The system resolver's addresses for ``host``, in its order, without repeats."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class AddressProblem(Exception):
+    """Why :func:`checked_addresses` gave no address to connect to."""
+
+    def __init__(
+        self, kind: Literal["unresolvable", "bad_answer", "non_public"], message: str
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+async def checked_addresses(
+    host: str, port: int, *, allow_private: bool, resolve: Resolver = resolve_host,
+    shown: str | None = None,
+) -> list[str]:
+    """The addresses to connect to for ``host`` (an address itself, or a name resolved
+    once), each checked with :func:`non_public_reason` unless ``allow_private``. Raises
+    :class:`AddressProblem`; its message names the host as ``shown`` (default: ``host``)."""
+    name = repr(host if shown is None else shown)
+    texts: Sequence[str] = [host]
+    if not _is_address(host):
+        try:
+            texts = await resolve(host, port)
+        except OSError as exc:
+            raise AddressProblem("unresolvable", f"cannot resolve {name}: {exc}") from None
+        if not texts:
+            raise AddressProblem("unresolvable", f"{name} resolves to no address")
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(ipaddress.ip_address(text))
+        except ValueError:
+            raise AddressProblem(
+                "bad_answer", f"bad resolver answer for {name}: {text!r}") from None
+    if not allow_private:
+        refused = [f"{address}: {reason}" for address in parsed
+                   if (reason := non_public_reason(address)) is not None]
+        if refused:
+            raise AddressProblem(
+                "non_public",
+                f"{name} resolves to a non-public address ({'; '.join(refused)})")
+    return [str(address) for address in parsed]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -29,7 +29,13 @@ import httpx
 import psycopg
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from runner.addresses import non_public_reason
+from runner.addresses import (
+    AddressProblem,
+    Resolver,
+    checked_addresses,
+    non_public_reason,
+    resolve_host,
+)
 from runner.errors import (
     AgentOutcomeError,
     CancelTask,
@@ -42,6 +48,7 @@ from runner.errors import (
 
 __all__ = [
     "COMMANDS_GROUP",
+    "AddressProblem",
     "Agent",
     "AgentCommand",
     "AgentContext",
@@ -62,14 +69,17 @@ __all__ = [
     "LLMCallEstimate",
     "LLMCallRecord",
     "LLMReservation",
+    "Resolver",
     "RetryLater",
     "UsageError",
     "add_json_flag",
     "agent_configuration",
     "backoff_delay",
+    "checked_addresses",
     "describe_validation_error",
     "non_public_reason",
     "positive_int",
+    "resolve_host",
 ]
 
 #: Runs inside the transaction that completes the task. It may return figures it could

@@ -45,8 +45,7 @@ import json
 import logging
 import os
 import secrets
-import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Final, Literal
 from uuid import UUID
 
@@ -56,7 +55,13 @@ import standardwebhooks
 from psycopg_pool import AsyncConnectionPool
 
 from runner import __version__, metrics, sidetasks
-from runner.addresses import non_public_reason
+from runner.addresses import (
+    AddressProblem,
+    Resolver,
+    checked_addresses,
+    non_public_reason,
+    resolve_host,
+)
 from runner.api import backoff_delay
 from runner.settings import Settings
 from runner.store import SyncConn, channels
@@ -108,9 +113,6 @@ DeliveryOutcome = Literal["delivered", "retry", "gave_up", "fenced", "interrupte
 _OUTCOME_OF_STATUS: Final[dict[str, DeliveryOutcome]] = {
     "succeeded": "delivered", "failed": "retry", "gave_up": "gave_up", "fenced": "fenced",
 }
-
-#: ``resolve(host, port)`` -> the host's addresses, in the order to try them.
-Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 _ERROR_BODY_CHARS: Final = 200
 _SECRET_PREFIX: Final = "whsec_"
@@ -264,49 +266,19 @@ def literal_address_problem(url: str) -> str | None:
     return None
 
 
-async def resolve_host(host: str, port: int) -> list[str]:
-    """The system resolver's addresses for ``host``, in its order, without repeats."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-class _Refused(Exception):
-    """The endpoint's host resolves to no address we may connect to."""
-
-
-class _Unresolvable(_Refused):
-    """The endpoint's host cannot be resolved (now)."""
-
-
 async def _checked_addresses(
     url: httpx.URL, allow_private: bool, resolve: Resolver
 ) -> list[str]:
     """The addresses to connect to: the host resolved once, each address checked."""
-    literal = _host_address(url.host)
-    if literal is not None:
-        addresses: Sequence[str] = [str(literal)]
-    else:
-        port = url.port or (443 if url.scheme == "https" else 80)
-        try:
-            addresses = await resolve(url.host, port)
-        except OSError as exc:
-            raise _Unresolvable(f"cannot resolve {url.host!r}: {exc}") from None
-        if not addresses:
-            raise _Refused(f"{url.host!r} resolves to no address")
-    parsed = []
-    for text in addresses:
-        address = _host_address(text)
-        if address is None:
-            raise _Refused(f"bad resolver answer for {url.host!r}: {text!r}")
-        parsed.append(address)
-    if not allow_private:
-        refused = [f"{address}: {reason}" for address in parsed
-                   if (reason := non_public_reason(address)) is not None]
-        if refused:
-            raise _Refused(
-                f"{url.host!r} resolves to a non-public address ({'; '.join(refused)}); "
-                "the endpoint does not allow private addresses")
-    return [str(address) for address in parsed]
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        return await checked_addresses(url.host, port, allow_private=allow_private,
+                                       resolve=resolve)
+    except AddressProblem as exc:
+        if exc.kind == "non_public":
+            raise AddressProblem(
+                exc.kind, f"{exc}; the endpoint does not allow private addresses") from None
+        raise
 
 
 async def resolved_address_problem(
@@ -319,9 +291,9 @@ async def resolved_address_problem(
             await _checked_addresses(httpx.URL(url), False, resolve)
     except TimeoutError:
         raise OSError(f"cannot resolve {httpx.URL(url).host!r} within {deadline:g} s") from None
-    except _Unresolvable as exc:
-        raise OSError(str(exc)) from None
-    except _Refused as exc:
+    except AddressProblem as exc:
+        if exc.kind == "unresolvable":
+            raise OSError(str(exc)) from None
         return str(exc)
     return None
 
@@ -394,7 +366,7 @@ async def attempt_delivery(
             status, answer = await _post(http, url, addresses, body, headers)
     except TimeoutError:
         return AttemptResult(False, error=f"no answer within {deadline:g} s")
-    except _Refused as exc:
+    except AddressProblem as exc:
         return AttemptResult(False, error=f"refused: {exc}")
     except httpx.TimeoutException:
         return AttemptResult(False, error=f"no answer within {deadline:g} s")
