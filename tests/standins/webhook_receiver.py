@@ -66,7 +66,13 @@ class ReceiverState:
 class _Handler(QuietHandler):
     def do_POST(self) -> None:
         state: ReceiverState = self.server.state
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        length = int(self.headers.get("content-length", "0"))
+        body = self.rfile.read(length)
+        if len(body) < length:
+            # The sender went away mid-request (a daemon killed between the headers and
+            # the body): no request arrived, as for any HTTP server.
+            self.close_connection = True
+            return
         headers = {name.lower(): value for name, value in self.headers.items()}
         key = headers.get("webhook-id", "") if state.per_event else ""
         with state.lock:
