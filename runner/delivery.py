@@ -73,16 +73,14 @@ class ClaimGate(JobManager):
     finishes; stopping the worker would instead abort in-flight work after the grace
     period. Fetching nothing is exactly "stop claiming". It is also what the worker
     does while the database is away, and while attempts that outlived a restarted
-    worker still fill the daemon's slots (``busy``).
+    worker still fill the daemon's slots (no ``free_slots``).
     """
 
     def __init__(
-        self, connector: Any, *, busy: Callable[[], bool] = lambda: False,
-        free_slots: Callable[[], int] = lambda: 1,
+        self, connector: Any, *, free_slots: Callable[[], int] = lambda: 1,
     ) -> None:
         super().__init__(connector)
         self.paused = False
-        self._busy = busy
         self._free_slots = free_slots
         #: Jobs fetched with another in one round trip, for the worker's next fetches
         #: (it asks once per free slot, at once); handed back if it stops first.
@@ -106,7 +104,7 @@ class ClaimGate(JobManager):
         # paused since (a moment ago): they are this daemon's to run or hand back.
         if self._fetched:
             return self._fetched.popleft()
-        if self.paused or self._busy():
+        if self.paused or self._free_slots() <= 0:
             return None
         try:
             rows = await self.connector.execute_query_all_async(
@@ -207,8 +205,7 @@ class Delivery:
         self._stop_requested = False
         self.app = procrastinate.App(connector=procrastinate.PsycopgConnector())
         self.gate = ClaimGate(
-            self.app.connector, busy=lambda: executor.in_flight >= settings.concurrency,
-            free_slots=lambda: settings.concurrency - executor.in_flight)
+            self.app.connector, free_slots=lambda: settings.concurrency - executor.in_flight)
         self.app.job_manager = self.gate
         self.worker: Worker | None = None
         #: attempts that outlived the worker that started them
